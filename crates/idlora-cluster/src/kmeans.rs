@@ -203,7 +203,7 @@ fn single_run(
 }
 
 /// Rows per task in the reductions; fixed so that sums are grouped identically on any thread count.
-const REDUCE_CHUNK: usize = 2048;
+const REDUCE_CHUNK: usize = 256;
 
 /// Cluster means (f64 accumulation); an empty cluster keeps its previous centre.
 fn means(x: RowMatrix<'_>, labels: &[u32], k: usize, previous: &[f32]) -> Vec<f32> {

@@ -25,6 +25,7 @@
 //! # Ok::<(), idlora_cluster::ClusterError>(())
 //! ```
 
+pub mod bases_file;
 pub mod distance;
 mod error;
 pub mod flow;

