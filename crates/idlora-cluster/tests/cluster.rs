@@ -1,6 +1,8 @@
 //! Integration tests of `idlora-cluster`, each against an independent reference: brute force, the
 //! LP through good_lp, linfa's unconstrained k-means, or hand-computed cases.
 
+#![allow(clippy::unwrap_used)] // test helpers may panic: that is how a test fails
+
 use idlora_cluster::flow::assign;
 use idlora_cluster::kmeans::labels_inertia;
 use idlora_cluster::lp::assign_lp;

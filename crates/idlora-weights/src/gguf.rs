@@ -437,7 +437,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Parsed> {
             .iter()
             .try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
             .ok_or_else(|| c.err(&format!("tensor `{name}`: element count overflows")))?;
-        if dims[0] as usize % dtype.block_len() != 0 {
+        if !(dims[0] as usize).is_multiple_of(dtype.block_len()) {
             return Err(c.err(&format!(
                 "tensor `{name}`: row length {} is not a multiple of the {dtype} block ({})",
                 dims[0],

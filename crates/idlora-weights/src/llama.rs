@@ -49,7 +49,7 @@ pub fn hf_name(gguf_name: &str, n_head: usize, n_head_kv: usize) -> HfTensor {
 /// (`hd` the head dimension, `j < hd/2`, `half` 0 or 1). Returns `None` when `rows` is not a
 /// multiple of `2 * n_head`.
 pub fn unpermute_rows(data: &mut [f32], rows: usize, cols: usize, n_head: usize) -> Option<()> {
-    if n_head == 0 || rows % (2 * n_head) != 0 || data.len() != rows * cols {
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) || data.len() != rows * cols {
         return None;
     }
     let hd = rows / n_head;

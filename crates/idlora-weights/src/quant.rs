@@ -68,7 +68,7 @@ impl StoredType {
 
     /// Bytes taken by `n` elements, or `None` when `n` is not a whole number of blocks or overflows.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
-        if n % self.block_len() != 0 {
+        if !n.is_multiple_of(self.block_len()) {
             return None;
         }
         (n / self.block_len()).checked_mul(self.block_bytes())
@@ -108,7 +108,7 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
 /// callers have already checked sizes against the file, so this is a programming error guard, not a
 /// user-facing check.
 pub fn to_f32(ty: StoredType, bytes: &[u8], out: &mut Vec<f32>) -> Option<()> {
-    if bytes.len() % ty.block_bytes() != 0 {
+    if !bytes.len().is_multiple_of(ty.block_bytes()) {
         return None;
     }
     match ty {
