@@ -38,7 +38,9 @@ fn assignment(c: &mut Criterion) {
         let k = 4;
         let costs = skewed_costs(n, k, 1);
         let min = n / 5;
-        g.bench_with_input(BenchmarkId::new("flow", n), &n, |b, &n| b.iter(|| assign(&costs, n, k, min, n).unwrap()));
+        g.bench_with_input(BenchmarkId::new("flow", n), &n, |b, &n| {
+            b.iter(|| assign(&costs, n, k, min, n).unwrap())
+        });
         if n <= 200 {
             g.bench_with_input(BenchmarkId::new("lp-microlp", n), &n, |b, &n| {
                 b.iter(|| assign_lp(&costs, n, k, min, n).unwrap())
@@ -57,7 +59,9 @@ fn distances(c: &mut Criterion) {
     let norms = row_sq_norms(x);
     for k in [4usize, 16, 32] {
         let centers = data[..k * d].to_vec();
-        g.bench_with_input(BenchmarkId::new("4096x4096", k), &k, |b, _| b.iter(|| sq_distances(x, &norms, &centers)));
+        g.bench_with_input(BenchmarkId::new("4096x4096", k), &k, |b, _| {
+            b.iter(|| sq_distances(x, &norms, &centers))
+        });
     }
     g.finish();
 }
@@ -74,7 +78,8 @@ fn kmeans(c: &mut Criterion) {
     g.bench_function("ours-unconstrained-2048x256", |b| b.iter(|| constrained_kmeans(x, &cfg).unwrap()));
     cfg.size_min = 400;
     g.bench_function("ours-size_min400-2048x256", |b| b.iter(|| constrained_kmeans(x, &cfg).unwrap()));
-    let array = ndarray::Array2::from_shape_vec((n, d), data.iter().map(|&v| f64::from(v)).collect()).unwrap();
+    let array =
+        ndarray::Array2::from_shape_vec((n, d), data.iter().map(|&v| f64::from(v)).collect()).unwrap();
     let dataset = linfa::DatasetBase::from(array);
     g.bench_function("linfa-unconstrained-2048x256", |b| {
         b.iter(|| linfa_clustering::KMeans::params(4).n_runs(1).fit(&dataset).unwrap())
