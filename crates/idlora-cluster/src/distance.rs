@@ -119,6 +119,32 @@ fn small_m_dots_portable(a: &[f32], d: usize, centers: &[f32], dots: &mut [f32])
     }
 }
 
+/// `acc += row`, widening to `f64` (the update step's inner loop), AVX2 where available.
+pub fn add_row_f64(acc: &mut [f64], row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports the feature the function is compiled for.
+            unsafe { add_row_f64_avx2(acc, row) };
+            return;
+        }
+    }
+    add_row_f64_portable(acc, row);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn add_row_f64_avx2(acc: &mut [f64], row: &[f32]) {
+    add_row_f64_portable(acc, row);
+}
+
+#[inline(always)]
+fn add_row_f64_portable(acc: &mut [f64], row: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(row) {
+        *a += f64::from(v);
+    }
+}
+
 /// A dot product with 16 independent partial sums, so the compiler can vectorise it.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {

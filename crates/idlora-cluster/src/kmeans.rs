@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{row_sq_norms, sq_dist_exact, sq_distances};
+use crate::distance::{add_row_f64, row_sq_norms, sq_dist_exact, sq_distances};
 use crate::flow::{self, check_bounds};
 use crate::{ClusterError, RowMatrix, lp};
 
@@ -217,10 +217,7 @@ fn means(x: RowMatrix<'_>, labels: &[u32], k: usize, previous: &[f32]) -> Vec<f3
             for (r, &l) in chunk.iter().enumerate() {
                 let l = l as usize;
                 counts[l] += 1;
-                let s = &mut sums[l * d..(l + 1) * d];
-                for (acc, &v) in s.iter_mut().zip(x.row(c * REDUCE_CHUNK + r)) {
-                    *acc += f64::from(v);
-                }
+                add_row_f64(&mut sums[l * d..(l + 1) * d], x.row(c * REDUCE_CHUNK + r));
             }
             (sums, counts)
         })
