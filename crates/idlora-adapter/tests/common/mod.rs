@@ -1,0 +1,3 @@
+//! Helpers shared by the tests and the example.
+
+pub mod base;
