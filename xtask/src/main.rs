@@ -1,7 +1,10 @@
 //! `cargo xtask`: the project's command runner.
 
+mod bench_adapter;
 mod bench_cluster;
 mod cluster;
+mod device;
+mod params;
 mod paths;
 
 use anyhow::Result;
@@ -27,6 +30,14 @@ enum Command {
         #[arg(default_value = "smollm2")]
         asset: String,
     },
+    /// Trainable parameters per method and rank, from a Hugging Face `config.json` (paper Table 6).
+    Params(params::ParamsArgs),
+    /// Pick a compute device (`--device auto|cpu|wgpu|cuda[:N]`), check it and say which it is.
+    Device {
+        /// auto (CUDA, then a real GPU through wgpu, then CPU), cpu, wgpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: device::DeviceChoice,
+    },
     /// Benchmarks that print a table (criterion kernels: `cargo bench -p idlora-benches`).
     Bench {
         #[command(subcommand)]
@@ -38,6 +49,8 @@ enum Command {
 enum BenchCommand {
     /// Constrained k-means against the Python `k-means-constrained` package, side by side.
     Cluster(bench_cluster::BenchArgs),
+    /// Adapter overhead table from `cargo bench -p idlora-benches --bench adapter`'s estimates.
+    AdapterTable(bench_adapter::TableArgs),
 }
 
 fn main() -> Result<()> {
@@ -53,6 +66,13 @@ fn main() -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
+        Command::Params(args) => params::run(args),
+        Command::Device { device } => {
+            let picked = device::pick(device)?;
+            println!("--device {device}: {} [{:?}]", picked.description, picked.device);
+            Ok(())
+        }
         Command::Bench { which: BenchCommand::Cluster(args) } => bench_cluster::run(args),
+        Command::Bench { which: BenchCommand::AdapterTable(args) } => bench_adapter::run(args),
     }
 }

@@ -1,0 +1,183 @@
+//! Attaching adapters to a model's projections, and saving / loading them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::Module;
+use idlora_adapter::params::Target;
+use idlora_adapter::{AdaptedLinear, AdapterConfig, AdapterFile, MethodConfig, MethodKind};
+use idlora_cluster::bases_file::BasesFile;
+use idlora_cluster::{IndexSets, PmrcConfig, RowMatrix, select_bases};
+
+use crate::error::{ModelError, Result};
+use crate::model::CausalLm;
+
+/// Where ID-LoRA's index sets come from.
+pub enum BasesSource<'a> {
+    /// Cluster each target weight now with these settings (`k` and `rank` are overridden by the
+    /// method's). `progress` is called after each matrix with (done, total).
+    Cluster(PmrcConfig, &'a (dyn Fn(usize, usize) + Sync)),
+    /// A file written by `cargo xtask cluster --model`.
+    File(&'a BasesFile),
+}
+
+impl CausalLm {
+    /// Every projection with its module path, in layer order.
+    pub fn projections_mut(&mut self) -> Vec<(Target, &mut AdaptedLinear)> {
+        let mut out = Vec::new();
+        for layer in &mut self.layers {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            out.push((Target::Q, &mut a.q_proj));
+            out.push((Target::K, &mut a.k_proj));
+            out.push((Target::V, &mut a.v_proj));
+            out.push((Target::O, &mut a.o_proj));
+            out.push((Target::Gate, &mut m.gate_proj));
+            out.push((Target::Up, &mut m.up_proj));
+            out.push((Target::Down, &mut m.down_proj));
+        }
+        out
+    }
+
+    /// Every projection, read-only.
+    pub fn projections(&self) -> Vec<(Target, &AdaptedLinear)> {
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            out.extend([
+                (Target::Q, &a.q_proj),
+                (Target::K, &a.k_proj),
+                (Target::V, &a.v_proj),
+                (Target::O, &a.o_proj),
+            ]);
+            out.extend([
+                (Target::Gate, &m.gate_proj),
+                (Target::Up, &m.up_proj),
+                (Target::Down, &m.down_proj),
+            ]);
+        }
+        out
+    }
+
+    /// Wraps the `targets` projections of every layer with `method` and freezes everything else
+    /// (embeddings, norms, head, untargeted projections). Full fine-tuning leaves the whole model
+    /// trainable. ID-LoRA takes its index sets from `bases`.
+    pub fn apply_adapters(
+        mut self,
+        method: &MethodConfig,
+        targets: &[Target],
+        bases: Option<BasesSource>,
+    ) -> Result<Self> {
+        if method.kind == MethodKind::Full {
+            return Ok(self);
+        }
+        let sets = if method.kind == MethodKind::IdLora {
+            let source = bases.ok_or_else(|| {
+                ModelError::Input("ID-LoRA needs index sets: cluster the weights or give a bases file".into())
+            })?;
+            Some(self.index_sets(method, targets, source)?)
+        } else {
+            None
+        };
+        self.embed_tokens = self.embed_tokens.set_require_grad(false);
+        self.lm_head = self.lm_head.map(|p| p.set_require_grad(false));
+        self.norm = self.norm.no_grad();
+        for layer in &mut self.layers {
+            layer.input_layernorm = layer.input_layernorm.clone().no_grad();
+            layer.post_attention_layernorm = layer.post_attention_layernorm.clone().no_grad();
+        }
+        for (target, proj) in self.projections_mut() {
+            let base = proj.base.clone();
+            let name = proj.name.clone();
+            *proj = if targets.contains(&target) {
+                let s = sets.as_ref().and_then(|m| m.get(&name));
+                AdaptedLinear::new(&name, base, method, s)?
+            } else {
+                let mut frozen =
+                    AdaptedLinear::new(&name, base, &MethodConfig::new(MethodKind::Full, 1), None)?;
+                frozen.base = frozen.base.no_grad();
+                frozen
+            };
+        }
+        Ok(self)
+    }
+
+    fn index_sets(
+        &mut self,
+        method: &MethodConfig,
+        targets: &[Target],
+        source: BasesSource,
+    ) -> Result<BTreeMap<String, IndexSets>> {
+        let mut out = BTreeMap::new();
+        let wanted: Vec<(String, &AdaptedLinear)> = self
+            .projections()
+            .into_iter()
+            .filter(|(t, _)| targets.contains(t))
+            .map(|(_, p)| (p.name.clone(), p))
+            .collect();
+        match source {
+            BasesSource::File(file) => {
+                for (name, _) in &wanted {
+                    let key = format!("{name}.weight");
+                    let sets = file.sets.get(&key).ok_or_else(|| {
+                        ModelError::Input(format!("the bases file has no index sets for `{key}`"))
+                    })?;
+                    out.insert(name.clone(), sets.clone());
+                }
+            }
+            BasesSource::Cluster(cfg, progress) => {
+                let cfg = PmrcConfig { k: method.k, rank: method.r, ..cfg };
+                let total = wanted.len();
+                for (i, (name, proj)) in wanted.iter().enumerate() {
+                    // Rows of W0 are output rows: transpose our input-major weight back.
+                    let w = proj.base.weight.val().transpose();
+                    let [rows, cols] = w.dims();
+                    let data = w.into_data().try_into_vec::<f32>().map_err(|e| {
+                        ModelError::Input(format!("reading `{name}` back for clustering: {e:?}"))
+                    })?;
+                    let m = RowMatrix::new(&data, rows, cols)
+                        .map_err(|source| ModelError::Cluster { name: name.clone(), source })?;
+                    let b = select_bases(m, &cfg)
+                        .map_err(|source| ModelError::Cluster { name: name.clone(), source })?;
+                    out.insert(name.clone(), b.bases);
+                    progress(i + 1, total);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Saves the adapters of the adapted projections in PEFT's layout.
+    pub fn save_adapters(&self, dir: &Path, config: AdapterConfig) -> Result<()> {
+        let layers = self.projections().into_iter().filter(|(_, p)| p.adapter.is_some()).map(|(_, p)| p);
+        AdapterFile::from_layers(config, layers)?.save(dir)?;
+        Ok(())
+    }
+
+    /// Loads an adapter folder onto this model: the projections named in the file get their
+    /// adapter, everything else is frozen. Tensors that match no projection are an error.
+    pub fn load_adapters(mut self, dir: &Path) -> Result<(Self, AdapterFile)> {
+        let file = AdapterFile::load(dir)?;
+        let modules = file.modules();
+        let names = self.projections().into_iter().map(|(_, p)| p.name.clone()).collect();
+        file.check_all_used(&names)?;
+        self.embed_tokens = self.embed_tokens.set_require_grad(false);
+        self.lm_head = self.lm_head.map(|p| p.set_require_grad(false));
+        self.norm = self.norm.no_grad();
+        for layer in &mut self.layers {
+            layer.input_layernorm = layer.input_layernorm.clone().no_grad();
+            layer.post_attention_layernorm = layer.post_attention_layernorm.clone().no_grad();
+        }
+        for (_, proj) in self.projections_mut() {
+            let base = proj.base.clone().no_grad();
+            let name = proj.name.clone();
+            *proj = if modules.contains(&name) {
+                file.apply(&name, base)?
+            } else {
+                AdaptedLinear::new(&name, base, &MethodConfig::new(MethodKind::Full, 1), None)?
+            };
+        }
+        Ok((self, file))
+    }
+}

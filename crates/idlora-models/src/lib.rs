@@ -1,0 +1,18 @@
+//! LLaMA and Mistral in burn, loaded from Hugging Face safetensors folders or GGUF files, with
+//! `idlora-adapter` methods on any projection.
+//!
+//! One set of parts serves both architectures (`docs/models.md`): RMSNorm, RoPE (with LLaMA 3
+//! scaling), grouped-query attention with a KV cache (and Mistral's sliding window), SwiGLU MLP,
+//! tied or untied head. Every projection is an [`idlora_adapter::AdaptedLinear`].
+
+pub mod adapters;
+pub mod config;
+pub mod error;
+pub mod load;
+pub mod model;
+pub mod rope;
+
+pub use config::{Architecture, ModelConfig};
+pub use error::{ModelError, Result};
+pub use load::load;
+pub use model::{CausalLm, ForwardInput, KvCache};

@@ -1,0 +1,172 @@
+//! Building a [`CausalLm`] from a Hugging Face folder or a GGUF file.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use burn::module::Param;
+use burn::tensor::{Device, Tensor, TensorData};
+use idlora_adapter::{AdaptedLinear, MethodConfig, MethodKind};
+use idlora_weights::Weights;
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::model::{Attention, CausalLm, DecoderLayer, Mlp, RmsNorm, linear};
+use crate::rope;
+
+/// Opens a model: a folder with `config.json` and safetensors (single file or shards), or a GGUF
+/// file of the `llama` architecture. Weights are converted to f32 on `device` one tensor at a time.
+///
+/// ```no_run
+/// use burn::tensor::Device;
+/// let model = idlora_models::load("SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), &Device::flex())?;
+/// println!("{} layers", model.config.num_layers);
+/// # Ok::<(), idlora_models::ModelError>(())
+/// ```
+pub fn load(path: &Path, device: &Device) -> Result<CausalLm> {
+    let weights = Weights::open(path)?;
+    let config = match weights.gguf() {
+        Some(g) => {
+            let tied = !weights.tensor_names().iter().any(|n| n == "lm_head.weight");
+            ModelConfig::from_gguf(g, tied)?
+        }
+        None => {
+            let dir = if path.is_dir() {
+                path.to_path_buf()
+            } else {
+                path.parent().unwrap_or(Path::new(".")).to_path_buf()
+            };
+            ModelConfig::from_hf_file(&dir.join("config.json"))?
+        }
+    };
+    from_weights(&weights, config, device)
+}
+
+/// The tensor names a model with `config` reads.
+pub fn expected_tensors(config: &ModelConfig) -> Vec<String> {
+    let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+    if !config.tie_word_embeddings {
+        names.push("lm_head.weight".into());
+    }
+    for i in 0..config.num_layers {
+        let p = format!("model.layers.{i}");
+        names.push(format!("{p}.input_layernorm.weight"));
+        names.push(format!("{p}.post_attention_layernorm.weight"));
+        for m in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+            names.push(format!("{p}.self_attn.{m}.weight"));
+            if config.attention_bias {
+                names.push(format!("{p}.self_attn.{m}.bias"));
+            }
+        }
+        for m in ["gate_proj", "up_proj", "down_proj"] {
+            names.push(format!("{p}.mlp.{m}.weight"));
+            if config.mlp_bias {
+                names.push(format!("{p}.mlp.{m}.bias"));
+            }
+        }
+    }
+    names
+}
+
+struct Reader<'a> {
+    weights: &'a Weights,
+    device: &'a Device,
+}
+
+impl Reader<'_> {
+    fn read(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let path = self.weights.path().to_path_buf();
+        if !self.weights.tensor_names().iter().any(|n| n == name) {
+            return Err(ModelError::MissingTensor { path, name: name.to_string() });
+        }
+        let t = self.weights.read_f32(name)?;
+        if t.shape != expected {
+            return Err(ModelError::Shape {
+                path,
+                name: name.to_string(),
+                found: t.shape,
+                expected: expected.to_vec(),
+            });
+        }
+        Ok(t.data)
+    }
+
+    fn vector(&self, name: &str, n: usize) -> Result<Tensor<1>> {
+        Ok(Tensor::from_data(TensorData::new(self.read(name, &[n])?, [n]), self.device))
+    }
+
+    /// An out-major `[rows, cols]` checkpoint matrix as an input-major `[cols, rows]` tensor
+    /// (a transposed view: no second copy).
+    fn transposed(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor<2>> {
+        let data = self.read(name, &[rows, cols])?;
+        Ok(Tensor::<2>::from_data(TensorData::new(data, [rows, cols]), self.device).transpose())
+    }
+
+    fn projection(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<AdaptedLinear> {
+        let w = self.transposed(&format!("{prefix}.weight"), d_out, d_in)?;
+        let b = if bias { Some(self.vector(&format!("{prefix}.bias"), d_out)?) } else { None };
+        // No adapter yet: full fine-tuning is the neutral state; `apply_adapters` freezes the base.
+        Ok(AdaptedLinear::new(prefix, linear(w, b), &MethodConfig::new(MethodKind::Full, 1), None)?)
+    }
+}
+
+/// Builds the model from opened weights and a config. Missing, extra or mis-shaped tensors are
+/// errors naming the tensor.
+pub fn from_weights(weights: &Weights, config: ModelConfig, device: &Device) -> Result<CausalLm> {
+    let expected: BTreeSet<String> = expected_tensors(&config).into_iter().collect();
+    for name in weights.tensor_names() {
+        // Old checkpoints store RoPE's inverse frequencies; tied checkpoints may still carry a head.
+        let harmless =
+            name.ends_with("rotary_emb.inv_freq") || (config.tie_word_embeddings && name == "lm_head.weight");
+        if !expected.contains(&name) && !harmless {
+            return Err(ModelError::ExtraTensor {
+                path: weights.path().to_path_buf(),
+                name,
+                arch: config.arch.name().to_string(),
+            });
+        }
+    }
+    let r = Reader { weights, device };
+    let (h, v) = (config.hidden_size, config.vocab_size);
+    let (q_dim, kv_dim) = (config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim);
+    let i_dim = config.intermediate_size;
+    let embed = r.read("model.embed_tokens.weight", &[v, h])?;
+    let embed_tokens = Param::from_tensor(Tensor::from_data(TensorData::new(embed, [v, h]), device));
+    let mut layers = Vec::with_capacity(config.num_layers);
+    for i in 0..config.num_layers {
+        let p = format!("model.layers.{i}");
+        let (ab, mb) = (config.attention_bias, config.mlp_bias);
+        let norm = |name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: Param::from_tensor(r.vector(&format!("{p}.{name}.weight"), h)?),
+                eps: config.rms_norm_eps,
+            })
+        };
+        layers.push(DecoderLayer {
+            input_layernorm: norm("input_layernorm")?,
+            self_attn: Attention {
+                q_proj: r.projection(&format!("{p}.self_attn.q_proj"), h, q_dim, ab)?,
+                k_proj: r.projection(&format!("{p}.self_attn.k_proj"), h, kv_dim, ab)?,
+                v_proj: r.projection(&format!("{p}.self_attn.v_proj"), h, kv_dim, ab)?,
+                o_proj: r.projection(&format!("{p}.self_attn.o_proj"), q_dim, h, ab)?,
+                num_heads: config.num_heads,
+                num_kv_heads: config.num_kv_heads,
+                head_dim: config.head_dim,
+            },
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            mlp: Mlp {
+                gate_proj: r.projection(&format!("{p}.mlp.gate_proj"), h, i_dim, mb)?,
+                up_proj: r.projection(&format!("{p}.mlp.up_proj"), h, i_dim, mb)?,
+                down_proj: r.projection(&format!("{p}.mlp.down_proj"), i_dim, h, mb)?,
+            },
+        });
+    }
+    let norm =
+        RmsNorm { weight: Param::from_tensor(r.vector("model.norm.weight", h)?), eps: config.rms_norm_eps };
+    let lm_head = if config.tie_word_embeddings {
+        None
+    } else {
+        Some(Param::from_tensor(r.transposed("lm_head.weight", v, h)?))
+    };
+    let inv_freq = rope::inv_freq(&config);
+    Ok(CausalLm { embed_tokens, layers, norm, lm_head, config, inv_freq })
+}

@@ -1,0 +1,264 @@
+#![allow(clippy::unwrap_used)]
+//! idlora-models tests: logits against transformers (fixtures made by
+//! `tests/fixtures/make_model_fixtures.py`), KV cache, padding, load errors, adapters.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor};
+use idlora_adapter::params::Target;
+use idlora_adapter::{MethodConfig, MethodKind};
+use idlora_cluster::PmrcConfig;
+use idlora_models::adapters::BasesSource;
+use idlora_models::{CausalLm, ForwardInput, KvCache, ModelError, load};
+use safetensors::SafeTensors;
+
+const CASES: [&str; 3] = ["llama_gqa_untied", "llama3_tied_rope_scaling", "mistral_sliding_window"];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn vec3(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
+}
+
+fn read_expected(path: &Path) -> (Vec<u32>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let tokens = st
+        .tensor("tokens")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32);
+    let logits = st
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()));
+    (tokens.collect(), logits.collect())
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn model(case: &str) -> CausalLm {
+    load(&fixtures().join(case), &Device::flex()).unwrap()
+}
+
+#[test]
+fn logits_match_transformers() {
+    for case in CASES {
+        let m = model(case);
+        let (tokens, expected) = read_expected(&fixtures().join(case).join("expected.safetensors"));
+        let logits = vec3(m.forward(&ForwardInput::single(&tokens), None).unwrap());
+        let err = max_abs(&logits, &expected);
+        assert!(err < 1e-4, "{case}: max-abs {err}");
+        assert!(expected.iter().any(|v| v.abs() > 0.5), "fixture logits must not be trivially small");
+    }
+}
+
+#[test]
+fn kv_cached_decoding_equals_the_full_forward() {
+    for case in CASES {
+        let m = model(case);
+        let (tokens, _) = read_expected(&fixtures().join(case).join("expected.safetensors"));
+        let full = vec3(m.forward(&ForwardInput::single(&tokens), None).unwrap());
+        let v = m.config.vocab_size;
+        let mut cache = KvCache::new();
+        // Prefill 4 tokens, then one at a time.
+        let mut got = vec3(m.forward(&ForwardInput::single(&tokens[..4]), Some(&mut cache)).unwrap());
+        for t in 4..tokens.len() {
+            got.extend(vec3(m.forward(&ForwardInput::single(&tokens[t..t + 1]), Some(&mut cache)).unwrap()));
+        }
+        assert_eq!(cache.len(), tokens.len());
+        let err = max_abs(&got, &full);
+        assert!(err < 1e-5, "{case}: cached vs full max-abs {err} (vocab {v})");
+    }
+}
+
+#[test]
+fn left_padded_batch_equals_each_row_alone() {
+    for case in CASES {
+        let m = model(case);
+        let (tokens, _) = read_expected(&fixtures().join(case).join("expected.safetensors"));
+        let (a, b) = (&tokens[..10], &tokens[3..7]);
+        let pad = a.len() - b.len();
+        let mut batch = a.to_vec();
+        batch.extend(std::iter::repeat_n(0, pad));
+        batch.extend(b);
+        let mut positions: Vec<usize> = (0..a.len()).collect();
+        positions.extend(std::iter::repeat_n(0, pad));
+        positions.extend(0..b.len());
+        let mut key_padding = vec![false; a.len()];
+        key_padding.extend(std::iter::repeat_n(true, pad));
+        key_padding.extend(std::iter::repeat_n(false, b.len()));
+        let input = ForwardInput {
+            tokens: batch,
+            batch: 2,
+            seq: a.len(),
+            positions: Some(positions),
+            key_padding: Some(key_padding),
+        };
+        let out = vec3(m.forward(&input, None).unwrap());
+        let v = m.config.vocab_size;
+        let alone_a = vec3(m.forward(&ForwardInput::single(a), None).unwrap());
+        let alone_b = vec3(m.forward(&ForwardInput::single(b), None).unwrap());
+        assert!(max_abs(&out[..a.len() * v], &alone_a) < 1e-5, "{case}: row a");
+        assert!(max_abs(&out[(a.len() + pad) * v..], &alone_b) < 1e-5, "{case}: row b");
+    }
+}
+
+#[test]
+fn adapters_at_initialisation_leave_logits_unchanged_and_round_trip() {
+    let m = model("llama_gqa_untied");
+    let (tokens, _) = read_expected(&fixtures().join("llama_gqa_untied/expected.safetensors"));
+    let base = vec3(m.forward(&ForwardInput::single(&tokens), None).unwrap());
+    let mut id = MethodConfig::new(MethodKind::IdLora, 2);
+    id.k = 2;
+    let no_progress = |_: usize, _: usize| {};
+    let pmrc = PmrcConfig { n_init: 2, ..Default::default() };
+    for method in [MethodConfig::new(MethodKind::Lora, 4), id] {
+        let adapted = model("llama_gqa_untied")
+            .apply_adapters(&method, &Target::ALL, Some(BasesSource::Cluster(pmrc.clone(), &no_progress)))
+            .unwrap();
+        let out = vec3(adapted.forward(&ForwardInput::single(&tokens), None).unwrap());
+        assert_eq!(out, base, "{:?} at initialisation must equal the base model", method.kind);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = idlora_adapter::AdapterConfig::new(
+            method.clone(),
+            Target::ALL.iter().map(|t| t.to_string()).collect(),
+        );
+        adapted.save_adapters(dir.path(), cfg).unwrap();
+        let (loaded, file) = model("llama_gqa_untied").load_adapters(dir.path()).unwrap();
+        assert_eq!(file.modules().len(), 2 * 7);
+        assert_eq!(vec3(loaded.forward(&ForwardInput::single(&tokens), None).unwrap()), base);
+    }
+    let err = model("llama_gqa_untied").apply_adapters(
+        &MethodConfig::new(MethodKind::IdLora, 2),
+        &Target::ALL,
+        None,
+    );
+    assert!(err.is_err());
+}
+
+fn copy_case(case: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join(case).join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn bad_configs_and_checkpoints_are_errors_naming_the_key_or_tensor() {
+    let device = Device::flex();
+    let edit = |f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let dir = copy_case("llama_gqa_untied");
+        let p = dir.path().join("config.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        f(v.as_object_mut().unwrap());
+        std::fs::write(&p, v.to_string()).unwrap();
+        load(dir.path(), &device).map(|_| ()).unwrap_err().to_string()
+    };
+    // transformers 5 (`rope_parameters`) and 4 (`rope_scaling`) spellings.
+    let e = edit(&|m| {
+        m.insert("rope_parameters".into(), serde_json::json!({"rope_type": "yarn", "factor": 2.0}));
+    });
+    assert!(e.contains("rope_parameters.rope_type") && e.contains("yarn"), "{e}");
+    let e = edit(&|m| {
+        m.remove("rope_parameters");
+        m.insert("rope_scaling".into(), serde_json::json!({"type": "dynamic", "factor": 2.0}));
+    });
+    assert!(e.contains("rope_scaling.rope_type") && e.contains("dynamic"), "{e}");
+    let e = edit(&|m| {
+        m.insert("hidden_act".into(), "gelu".into());
+    });
+    assert!(e.contains("hidden_act") && e.contains("gelu"), "{e}");
+    let e = edit(&|m| {
+        m.remove("hidden_size");
+    });
+    assert!(e.contains("hidden_size"), "{e}");
+    let e = edit(&|m| {
+        m.insert("intermediate_size".into(), 40.into());
+    });
+    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[48, 32]"), "{e}");
+    let e = edit(&|m| {
+        m.insert("num_hidden_layers".into(), 3.into());
+    });
+    assert!(e.contains("missing tensor") && e.contains("model.layers.2."), "{e}");
+    let e = edit(&|m| {
+        m.insert("num_hidden_layers".into(), 1.into());
+    });
+    assert!(e.contains("unexpected tensor") && e.contains("model.layers.1."), "{e}");
+    let e = edit(&|m| {
+        m.insert("model_type".into(), "gpt2".into());
+    });
+    assert!(e.contains("model_type"), "{e}");
+
+    let m = model("llama_gqa_untied");
+    let err = m.forward(&ForwardInput::single(&[1, 2, 999]), None).unwrap_err();
+    assert!(matches!(err, ModelError::Input(_)) && err.to_string().contains("999"), "{err}");
+    assert!(m.forward(&ForwardInput::single(&[]), None).is_err());
+}
+
+/// The real SmolLM2-135M-Instruct GGUF (fetched with pip; `IDLORA_OFFLINE=1` skips): logits
+/// against transformers on the same dequantised weights, and greedy decoding.
+#[test]
+fn smollm2_gguf_matches_transformers() {
+    if std::env::var_os("IDLORA_OFFLINE").is_some() {
+        eprintln!("IDLORA_OFFLINE set: skipping the SmolLM2 test");
+        return;
+    }
+    let cache = std::env::var_os("IDLORA_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/idlora"));
+    let path = idlora_assets::fetch(&idlora_assets::SMOLLM2_135M_INSTRUCT_GGUF, &cache).unwrap();
+    let m = load(&path, &Device::flex()).unwrap();
+    assert!(m.lm_head.is_none(), "SmolLM2 ties its head to the embedding");
+    let bytes = std::fs::read(fixtures().join("smollm2_logits.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |k: &str| -> Vec<u32> {
+        st.tensor(k)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
+    };
+    let floats = |k: &str| -> Vec<f32> {
+        st.tensor(k)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let tokens = ints("tokens");
+    let logits = vec3(m.forward(&ForwardInput::single(&tokens), None).unwrap());
+    let v = m.config.vocab_size;
+    let head: Vec<f32> = logits.chunks(v).flat_map(|row| row[..4096].to_vec()).collect();
+    let e1 = max_abs(&head, &floats("logits_head"));
+    let e2 = max_abs(&logits[(tokens.len() - 1) * v..], &floats("logits_last"));
+    assert!(e1 < 1e-3 && e2 < 1e-3, "SmolLM2 logits differ from transformers: {e1}, {e2}");
+
+    // Greedy continuation of "The capital of France is" (transformers: " Paris.\n\nThe answer is:").
+    let mut ids = ints("france_prompt");
+    let want = ints("france_greedy");
+    let mut cache = KvCache::new();
+    let mut step = ids.clone();
+    let mut got = Vec::new();
+    for _ in 0..want.len() {
+        let out = m.forward(&ForwardInput::single(&step), Some(&mut cache)).unwrap();
+        let last = vec3(out);
+        let row = &last[last.len() - v..];
+        let next = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+        got.push(next);
+        ids.push(next);
+        step = vec![next];
+    }
+    assert_eq!(got, want, "greedy tokens differ from transformers'");
+}

@@ -1,0 +1,102 @@
+//! `cargo xtask bench adapter-table`: the overhead table from criterion's saved estimates of
+//! `cargo bench -p idlora-benches --bench adapter` (median time per iteration, each method over
+//! the bare base layer measured in the same group, i.e. the same run).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::Value;
+
+use crate::paths;
+
+/// Arguments of `cargo xtask bench adapter-table`.
+#[derive(Args)]
+pub struct TableArgs {
+    /// criterion's output folder [default: target/criterion].
+    #[arg(long)]
+    criterion_dir: Option<PathBuf>,
+    /// Also write the Markdown table to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+const METHODS: [&str; 6] = ["base", "lora", "dora", "hydralora", "moelora", "idlora"];
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Median nanoseconds per iteration by (group, method).
+fn collect(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "benchmark.json")
+                && p.parent().and_then(Path::file_name).is_some_and(|n| n == "new")
+            {
+                let b = read_json(&p)?;
+                let group = b["group_id"].as_str().unwrap_or_default();
+                if !group.starts_with("adapter/") {
+                    continue;
+                }
+                let method = b["value_str"].as_str().or(b["function_id"].as_str()).unwrap_or_default();
+                let est = read_json(&p.with_file_name("estimates.json"))?;
+                let median = est["median"]["point_estimate"]
+                    .as_f64()
+                    .with_context(|| format!("{}: no median", p.display()))?;
+                out.entry(group.to_string()).or_default().insert(method.to_string(), median);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the command.
+pub fn run(args: TableArgs) -> Result<()> {
+    let dir = args.criterion_dir.unwrap_or_else(|| paths::repo_root().join("target/criterion"));
+    let groups = collect(&dir)?;
+    if groups.is_empty() {
+        bail!(
+            "no adapter benchmarks in {}: run `cargo bench -p idlora-benches --bench adapter` first",
+            dir.display()
+        );
+    }
+    let mut md = String::new();
+    md.push_str("| shape | r | pass | base ms | LoRA | DoRA | HydraLoRA | MoELoRA | ID-LoRA | ID-LoRA / LoRA overhead |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for (group, times) in &groups {
+        let parts: Vec<&str> = group.split('/').collect();
+        let [_, shape, r, pass] = parts.as_slice() else { continue };
+        let Some(&base) = times.get("base") else { continue };
+        let overhead = |m: &str| times.get(m).map(|t| t / base - 1.0);
+        let cells: Vec<String> = METHODS[1..]
+            .iter()
+            .map(|m| overhead(m).map_or("-".into(), |o| format!("{:+.1}%", 100.0 * o)))
+            .collect();
+        let ratio = match (overhead("idlora"), overhead("lora")) {
+            (Some(i), Some(l)) if l > 0.0 => format!("{:.2}", i / l),
+            _ => "-".into(),
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {} | {ratio} |\n",
+            shape.replace('x', " -> "),
+            r.trim_start_matches('r'),
+            if *pass == "fwd" { "forward" } else { "forward + backward" },
+            base / 1e6,
+            cells.join(" | ")
+        ));
+    }
+    print!("{md}");
+    if let Some(out) = args.out {
+        std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
