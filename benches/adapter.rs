@@ -11,7 +11,7 @@ use std::time::Duration;
 use burn::module::Module;
 use burn::nn::LinearConfig;
 use burn::tensor::{Device, Distribution, Tensor};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
 use idlora_adapter::{AdaptedLinear, MethodConfig, MethodKind};
 use idlora_cluster::select::select_random;
 
@@ -46,10 +46,12 @@ fn bench(c: &mut Criterion) {
             for backward in [false, true] {
                 let pass = if backward { "fwd_bwd" } else { "fwd" };
                 let mut group = c.benchmark_group(format!("adapter/{d_in}x{d_out}/r{r}/{pass}"));
+                // Flat sampling: an iteration takes up to seconds here; ten of them are enough.
                 group
+                    .sampling_mode(SamplingMode::Flat)
                     .sample_size(10)
-                    .warm_up_time(Duration::from_secs(2))
-                    .measurement_time(Duration::from_secs(8));
+                    .warm_up_time(Duration::from_secs(1))
+                    .measurement_time(Duration::from_secs(5));
                 let device = if backward { Device::flex().autodiff() } else { Device::flex() };
                 let x = Tensor::<3>::random([1, TOKENS, d_in], Distribution::Normal(0.0, 1.0), &device);
                 for (name, kind) in methods {

@@ -4,6 +4,7 @@ mod bench_adapter;
 mod bench_cluster;
 mod cluster;
 mod device;
+mod lm;
 mod params;
 mod paths;
 
@@ -30,6 +31,10 @@ enum Command {
         #[arg(default_value = "smollm2")]
         asset: String,
     },
+    /// Generate text with a model (streams to the terminal; repeat --prompt for a batch).
+    Generate(lm::GenerateArgs),
+    /// Final-layer logits [seq, vocab] (f32) of given token ids, to a safetensors file.
+    Logits(lm::LogitsArgs),
     /// Trainable parameters per method and rank, from a Hugging Face `config.json` (paper Table 6).
     Params(params::ParamsArgs),
     /// Pick a compute device (`--device auto|cpu|wgpu|cuda[:N]`), check it and say which it is.
@@ -67,6 +72,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Params(args) => params::run(args),
+        Command::Generate(args) => lm::run_generate(args),
+        Command::Logits(args) => lm::run_logits(args),
         Command::Device { device } => {
             let picked = device::pick(device)?;
             println!("--device {device}: {} [{:?}]", picked.description, picked.device);

@@ -333,7 +333,8 @@ impl AdaptedLinear {
     /// `y - W0 x - b` on flattened `[n, d_in]` input, given the base output `y0 = x W0 + b`.
     fn delta(&self, adapter: &Adapter, x: Tensor<2>, y0: Tensor<2>) -> Tensor<2> {
         match adapter {
-            Adapter::Lora(l) => l.dropout.forward(x).matmul(l.a.val()).matmul(l.b.val()).mul_scalar(l.scale),
+            // The scale goes on the small `[n, r]` intermediate, not on the `[n, d_out]` output.
+            Adapter::Lora(l) => l.dropout.forward(x).matmul(l.a.val()).mul_scalar(l.scale).matmul(l.b.val()),
             Adapter::Dora(d) => {
                 let l = &d.lora;
                 let w0 = self.base.weight.val();
@@ -343,7 +344,7 @@ impl AdaptedLinear {
                 let xd = l.dropout.forward(x);
                 // The base part without bias: reuse y0 unless dropout changed the input.
                 let base = if active { xd.clone().matmul(w0) } else { self.without_bias(y0) };
-                let lora = xd.matmul(l.a.val()).matmul(l.b.val()).mul_scalar(l.scale);
+                let lora = xd.matmul(l.a.val()).mul_scalar(l.scale).matmul(l.b.val());
                 (scale.clone() - 1.0) * base + scale * lora
             }
             Adapter::HydraLora(h) => {
@@ -352,8 +353,8 @@ impl AdaptedLinear {
                 let w = route(&h.router, x.clone());
                 let a = h.dropout.forward(x).matmul(h.a.val());
                 // u = w (outer) A x, flattened head-major: then one product with the stacked heads.
-                let u = w.reshape([n, h.heads, 1]) * a.reshape([n, 1, r]);
-                u.reshape([n, h.heads * r]).matmul(h.b.val()).mul_scalar(h.scale)
+                let u = w.reshape([n, h.heads, 1]).mul_scalar(h.scale) * a.reshape([n, 1, r]);
+                u.reshape([n, h.heads * r]).matmul(h.b.val())
             }
             Adapter::MoeLora(m) => {
                 let [n, _] = x.dims();
@@ -361,8 +362,8 @@ impl AdaptedLinear {
                 let r = nr / m.experts;
                 let w = route(&m.router, x.clone());
                 let a = m.dropout.forward(x).matmul(m.a.val());
-                let u = a.reshape([n, m.experts, r]) * w.reshape([n, m.experts, 1]);
-                u.reshape([n, nr]).matmul(m.b.val()).mul_scalar(m.scale)
+                let u = a.reshape([n, m.experts, r]) * w.reshape([n, m.experts, 1]).mul_scalar(m.scale);
+                u.reshape([n, nr]).matmul(m.b.val())
             }
             Adapter::IdLora(id) => id.delta(&self.base, x, y0),
         }
@@ -525,14 +526,14 @@ impl IdLora {
         if self.dropout_site == DropoutSite::Gathered {
             u = self.dropout.forward(u);
         }
-        let u = u.reshape([n, k, r]) * w.reshape([n, k, 1]);
+        // Router weight and scale in one `[n, k]` factor, applied to the small `u`.
+        let u = u.reshape([n, k, r]) * w.mul_scalar(self.scale).reshape([n, k, 1]);
         let [b_in, b_out] = self.b.dims();
-        let out = if self.rank_boost {
+        if self.rank_boost {
             // [B u_1; ...; B u_p]: the p parts of u are rows of one product with the shared B.
             u.reshape([n * self.p, b_in]).matmul(self.b.val()).reshape([n, self.p * b_out])
         } else {
             u.sum_dim(1).reshape([n, r]).matmul(self.b.val())
-        };
-        out.mul_scalar(self.scale)
+        }
     }
 }

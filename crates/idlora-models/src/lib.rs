@@ -8,11 +8,15 @@
 pub mod adapters;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod load;
 pub mod model;
 pub mod rope;
+pub mod tokenizer;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
+pub use generate::{Generation, SamplingConfig, StopReason, generate};
 pub use load::load;
 pub use model::{CausalLm, ForwardInput, KvCache};
+pub use tokenizer::{ChatMessage, Tokenizer, load_tokenizer};

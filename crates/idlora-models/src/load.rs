@@ -94,11 +94,18 @@ impl Reader<'_> {
         Ok(Tensor::from_data(TensorData::new(self.read(name, &[n])?, [n]), self.device))
     }
 
-    /// An out-major `[rows, cols]` checkpoint matrix as an input-major `[cols, rows]` tensor
-    /// (a transposed view: no second copy).
+    /// An out-major `[rows, cols]` checkpoint matrix as a contiguous input-major `[cols, rows]`
+    /// tensor. The transposition happens once here, on the host, one tensor at a time: products
+    /// with a transposed view would repack the weight at every forward.
     fn transposed(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor<2>> {
         let data = self.read(name, &[rows, cols])?;
-        Ok(Tensor::<2>::from_data(TensorData::new(data, [rows, cols]), self.device).transpose())
+        let mut t = vec![0.0f32; data.len()];
+        for (i, row) in data.chunks_exact(cols).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                t[j * rows + i] = v;
+            }
+        }
+        Ok(Tensor::<2>::from_data(TensorData::new(t, [cols, rows]), self.device))
     }
 
     fn projection(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<AdaptedLinear> {

@@ -238,7 +238,8 @@ impl CausalLm {
         let h2 = h.reshape([b * s, d]);
         let out = match &self.lm_head {
             Some(w) => h2.matmul(w.val()),
-            None => h2.matmul(self.embed_tokens.val().transpose()),
+            // Tied: E h^T, transposed back, so the [vocab, hidden] embedding is never repacked.
+            None => self.embed_tokens.val().matmul(h2.transpose()).transpose(),
         };
         let v = out.dims()[1];
         out.reshape([b, s, v])

@@ -261,4 +261,37 @@ fn smollm2_gguf_matches_transformers() {
         step = vec![next];
     }
     assert_eq!(got, want, "greedy tokens differ from transformers'");
+
+    // The tokenizer rebuilt from GGUF metadata encodes like transformers' and decodes "Paris".
+    let tok = idlora_models::load_tokenizer(&path, &m.config.eos_token_ids).unwrap();
+    assert_eq!(tok.encode("The capital of France is").unwrap(), ints("france_prompt"));
+    let text = tok.decode(&got, true).unwrap();
+    assert!(text.contains("Paris"), "{text:?}");
+    assert_eq!(tok.eos, vec![2]);
+    let chat = tok.apply_chat_template(&[idlora_models::ChatMessage::new("user", "Hi")], true).unwrap();
+    assert_eq!(
+        chat,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    // Special tokens in text become their ids; digits are split one by one (SmolLM's pre-tokenizer).
+    let ids = tok.encode("<|im_start|>user 2024").unwrap();
+    assert_eq!(ids[0], 1);
+    assert_eq!(tok.decode(&ids, false).unwrap(), "<|im_start|>user 2024");
+    let digits = tok.encode("2024").unwrap();
+    assert_eq!(digits.len(), 4, "{digits:?}");
+
+    // Batched generation of unequal prompts equals each prompt alone.
+    let cfg = idlora_models::SamplingConfig { max_new_tokens: 6, ..Default::default() };
+    let prompts = vec![tok.encode("The capital of France is").unwrap(), tok.encode("One, two,").unwrap()];
+    let batched = idlora_models::generate(&m, &tok, &prompts, &cfg, &mut |_, _| {}).unwrap();
+    for (p, g) in prompts.iter().zip(&batched) {
+        let alone = idlora_models::generate(&m, &tok, std::slice::from_ref(p), &cfg, &mut |_, _| {}).unwrap();
+        assert_eq!(g.tokens, alone[0].tokens);
+    }
+    assert!(batched[0].text.contains("Paris"));
+    let stop = idlora_models::SamplingConfig { stop_strings: vec![".".into()], ..cfg };
+    let g = idlora_models::generate(&m, &tok, &prompts[..1], &stop, &mut |_, _| {}).unwrap();
+    assert_eq!(g[0].text, " Paris");
+    assert_eq!(g[0].stop, idlora_models::StopReason::StopString);
 }

