@@ -100,3 +100,109 @@ pub fn run(args: TableArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Arguments of `cargo xtask bench adapter`.
+#[derive(Args)]
+pub struct InterleavedArgs {
+    /// Rounds; every round runs each method once per case, so slow drifts of this machine hit all
+    /// methods alike. The table reports per-method medians.
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
+    /// Only 4096 x 4096 at r = 8 and 128.
+    #[arg(long)]
+    quick: bool,
+    /// Tokens per batch.
+    #[arg(long, default_value_t = 512)]
+    tokens: usize,
+    /// Also write the Markdown table to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Per-method cost of one adapted layer at LLaMA-3-8B shapes on the CPU backend, interleaved.
+pub fn run_interleaved(args: InterleavedArgs) -> Result<()> {
+    use std::time::Instant;
+
+    use burn::module::Module;
+    use burn::nn::LinearConfig;
+    use burn::tensor::{Device, Distribution, Tensor};
+    use idlora_adapter::{AdaptedLinear, MethodConfig, MethodKind};
+    use idlora_cluster::select::select_random;
+
+    let kinds = [
+        MethodKind::Full,
+        MethodKind::Lora,
+        MethodKind::Dora,
+        MethodKind::HydraLora,
+        MethodKind::MoeLora,
+        MethodKind::IdLora,
+    ];
+    let shapes: &[(usize, usize)] = if args.quick { &[(4096, 4096)] } else { &[(4096, 4096), (4096, 14336)] };
+    let mut md = format!(
+        "{} tokens, CPU backend (burn flex), median of {} interleaved rounds; overhead = method / base - 1.\n\n\
+         | shape | r | pass | base ms | LoRA | DoRA | HydraLoRA | MoELoRA | ID-LoRA | ID-LoRA / LoRA overhead |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        args.tokens, args.rounds
+    );
+    for &(d_in, d_out) in shapes {
+        for r in [8usize, 128] {
+            for backward in [false, true] {
+                let device = if backward { Device::flex().autodiff() } else { Device::flex() };
+                device.seed(0);
+                let base = LinearConfig::new(d_in, d_out).with_bias(false).init(&device).no_grad();
+                let layers = kinds
+                    .iter()
+                    .map(|&kind| {
+                        let cfg = MethodConfig::new(kind, r).with_dropout(0.0);
+                        let sets = (kind == MethodKind::IdLora)
+                            .then(|| select_random(d_out, cfg.k, r, 0))
+                            .transpose()?;
+                        let l = AdaptedLinear::new("bench", base.clone(), &cfg, sets.as_ref())?;
+                        Ok(if backward { l } else { l.valid() })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let x = Tensor::<3>::random([1, args.tokens, d_in], Distribution::Normal(0.0, 1.0), &device);
+                let mut times = vec![Vec::new(); kinds.len()];
+                for round in 0..=args.rounds {
+                    for (i, l) in layers.iter().enumerate() {
+                        let t = Instant::now();
+                        if backward {
+                            let x = x.clone().require_grad();
+                            let grads = l.forward(x.clone()).sum().backward();
+                            std::hint::black_box(x.grad(&grads));
+                        } else {
+                            std::hint::black_box(l.forward(x.clone()));
+                        }
+                        device.sync().map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
+                        if round > 0 {
+                            // Round 0 warms up.
+                            times[i].push(t.elapsed().as_secs_f64() * 1e3);
+                        }
+                    }
+                }
+                let med: Vec<f64> = times
+                    .iter_mut()
+                    .map(|t| {
+                        t.sort_by(f64::total_cmp);
+                        t[t.len() / 2]
+                    })
+                    .collect();
+                let base_ms = med[0];
+                let over: Vec<f64> = med.iter().map(|m| m / base_ms - 1.0).collect();
+                let cells: Vec<String> = over[1..].iter().map(|o| format!("{:+.1}%", 100.0 * o)).collect();
+                let ratio = if over[1] > 0.0 { format!("{:.2}", over[5] / over[1]) } else { "-".into() };
+                let line = format!(
+                    "| {d_in} -> {d_out} | {r} | {} | {base_ms:.1} | {} | {ratio} |\n",
+                    if backward { "forward + backward" } else { "forward" },
+                    cells.join(" | ")
+                );
+                print!("{line}");
+                md.push_str(&line);
+            }
+        }
+    }
+    if let Some(out) = args.out {
+        std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}

@@ -54,6 +54,8 @@ enum Command {
 enum BenchCommand {
     /// Constrained k-means against the Python `k-means-constrained` package, side by side.
     Cluster(bench_cluster::BenchArgs),
+    /// Per-method overhead of one adapted layer over the base, methods interleaved (robust to drift).
+    Adapter(bench_adapter::InterleavedArgs),
     /// Adapter overhead table from `cargo bench -p idlora-benches --bench adapter`'s estimates.
     AdapterTable(bench_adapter::TableArgs),
 }
@@ -81,5 +83,6 @@ fn main() -> Result<()> {
         }
         Command::Bench { which: BenchCommand::Cluster(args) } => bench_cluster::run(args),
         Command::Bench { which: BenchCommand::AdapterTable(args) } => bench_adapter::run(args),
+        Command::Bench { which: BenchCommand::Adapter(args) } => bench_adapter::run_interleaved(args),
     }
 }
