@@ -129,14 +129,8 @@ pub fn run_interleaved(args: InterleavedArgs) -> Result<()> {
     use idlora_adapter::{AdaptedLinear, MethodConfig, MethodKind};
     use idlora_cluster::select::select_random;
 
-    let kinds = [
-        MethodKind::Full,
-        MethodKind::Lora,
-        MethodKind::Dora,
-        MethodKind::HydraLora,
-        MethodKind::MoeLora,
-        MethodKind::IdLora,
-    ];
+    // Full fine-tuning with a frozen base is the bare base layer: the reference column.
+    let kinds = MethodKind::ALL;
     let shapes: &[(usize, usize)] = if args.quick { &[(4096, 4096)] } else { &[(4096, 4096), (4096, 14336)] };
     let mut md = format!(
         "{} tokens, CPU backend (burn flex), median of {} interleaved rounds; overhead = method / base - 1.\n\n\

@@ -80,13 +80,7 @@ impl CausalLm {
         } else {
             None
         };
-        self.embed_tokens = self.embed_tokens.set_require_grad(false);
-        self.lm_head = self.lm_head.map(|p| p.set_require_grad(false));
-        self.norm = self.norm.no_grad();
-        for layer in &mut self.layers {
-            layer.input_layernorm = layer.input_layernorm.clone().no_grad();
-            layer.post_attention_layernorm = layer.post_attention_layernorm.clone().no_grad();
-        }
+        self.freeze_non_projections();
         for (target, proj) in self.projections_mut() {
             let base = proj.base.clone();
             let name = proj.name.clone();
@@ -148,6 +142,17 @@ impl CausalLm {
         Ok(out)
     }
 
+    /// Freezes the embedding, the norms and the head (adapter training leaves them as they are).
+    fn freeze_non_projections(&mut self) {
+        self.embed_tokens = self.embed_tokens.clone().set_require_grad(false);
+        self.lm_head = self.lm_head.take().map(|p| p.set_require_grad(false));
+        self.norm = self.norm.clone().no_grad();
+        for layer in &mut self.layers {
+            layer.input_layernorm = layer.input_layernorm.clone().no_grad();
+            layer.post_attention_layernorm = layer.post_attention_layernorm.clone().no_grad();
+        }
+    }
+
     /// Saves the adapters of the adapted projections in PEFT's layout.
     pub fn save_adapters(&self, dir: &Path, config: AdapterConfig) -> Result<()> {
         let layers = self.projections().into_iter().filter(|(_, p)| p.adapter.is_some()).map(|(_, p)| p);
@@ -162,13 +167,7 @@ impl CausalLm {
         let modules = file.modules();
         let names = self.projections().into_iter().map(|(_, p)| p.name.clone()).collect();
         file.check_all_used(&names)?;
-        self.embed_tokens = self.embed_tokens.set_require_grad(false);
-        self.lm_head = self.lm_head.map(|p| p.set_require_grad(false));
-        self.norm = self.norm.no_grad();
-        for layer in &mut self.layers {
-            layer.input_layernorm = layer.input_layernorm.clone().no_grad();
-            layer.post_attention_layernorm = layer.post_attention_layernorm.clone().no_grad();
-        }
+        self.freeze_non_projections();
         for (_, proj) in self.projections_mut() {
             let base = proj.base.clone().no_grad();
             let name = proj.name.clone();
