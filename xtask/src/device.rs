@@ -97,7 +97,7 @@ fn cuda(n: usize) -> Result<Picked> {
 #[cfg(not(feature = "cuda"))]
 fn cuda(_: usize) -> Result<Picked> {
     bail!(
-        "--device cuda: this build has no CUDA backend; rebuild with `cargo run --release -p xtask \
+        "--device cuda: this build has no CUDA backend; rebuild with `cargo run -p xtask \
          --features cuda -- ...` (needs internet the first time: burn-cuda downloads an LLVM bundle)"
     )
 }
@@ -115,7 +115,7 @@ fn wgpu(real_gpu_only: bool) -> Result<Picked> {
 #[cfg(not(feature = "wgpu"))]
 fn wgpu(_: bool) -> Result<Picked> {
     bail!(
-        "--device wgpu: this build has no wgpu backend; rebuild with `cargo run --release -p xtask --features wgpu -- ...`"
+        "--device wgpu: this build has no wgpu backend; rebuild with `cargo run -p xtask --features wgpu -- ...`"
     )
 }
 

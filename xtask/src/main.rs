@@ -2,6 +2,7 @@
 
 mod bench_adapter;
 mod bench_cluster;
+mod bench_lm;
 mod cluster;
 mod device;
 mod lm;
@@ -56,6 +57,8 @@ enum BenchCommand {
     Cluster(bench_cluster::BenchArgs),
     /// Per-method overhead of one adapted layer over the base, methods interleaved (robust to drift).
     Adapter(bench_adapter::InterleavedArgs),
+    /// Prompt and decoding tokens/s of SmolLM2 on the CPU, side by side with transformers.
+    Lm(bench_lm::LmArgs),
     /// Adapter overhead table from `cargo bench -p idlora-benches --bench adapter`'s estimates.
     AdapterTable(bench_adapter::TableArgs),
 }
@@ -84,5 +87,6 @@ fn main() -> Result<()> {
         Command::Bench { which: BenchCommand::Cluster(args) } => bench_cluster::run(args),
         Command::Bench { which: BenchCommand::AdapterTable(args) } => bench_adapter::run(args),
         Command::Bench { which: BenchCommand::Adapter(args) } => bench_adapter::run_interleaved(args),
+        Command::Bench { which: BenchCommand::Lm(args) } => bench_lm::run(args),
     }
 }
