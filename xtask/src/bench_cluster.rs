@@ -133,26 +133,7 @@ fn write_npy(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> 
 
 /// A venv with `k-means-constrained`, created on first use. `None` (with a message) if pip is missing.
 fn python_env() -> Option<PathBuf> {
-    let venv = paths::cache_dir().join("venv-kmc");
-    let python = venv.join("bin/python");
-    let ready = |p: &Path| {
-        Command::new(p).args(["-c", "import k_means_constrained"]).output().is_ok_and(|o| o.status.success())
-    };
-    if ready(&python) {
-        return Some(python);
-    }
-    eprintln!("creating {} with k-means-constrained (pip) ...", venv.display());
-    let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check", "k-means-constrained==0.9.1"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if made && ready(&python) {
-        Some(python)
-    } else {
-        eprintln!("python3 with pip is not available: the Python side is skipped");
-        None
-    }
+    paths::python_venv("venv-kmc", &["k-means-constrained==0.9.1"], "import k_means_constrained")
 }
 
 struct PythonRun {

@@ -45,24 +45,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn python_env() -> Option<PathBuf> {
-    let venv = paths::cache_dir().join("venv-lm");
-    let python = venv.join("bin/python");
-    let ready = |p: &PathBuf| {
-        Command::new(p)
-            .args(["-c", "import torch, transformers, gguf"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ready(&python) {
-        return Some(python);
-    }
-    eprintln!("creating {} with torch, transformers and gguf (pip, several minutes) ...", venv.display());
-    let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check", "torch", "transformers", "gguf"])
-            .status()
-            .is_ok_and(|s| s.success());
-    (made && ready(&python)).then_some(python)
+    paths::python_venv("venv-lm", &["torch", "transformers", "gguf"], "import torch, transformers, gguf")
 }
 
 /// Runs the benchmark.
@@ -110,10 +93,7 @@ pub fn run(args: LmArgs) -> Result<()> {
         None
     } else {
         match python_env() {
-            None => {
-                eprintln!("python3 with pip is not available: the transformers side is skipped");
-                None
-            }
+            None => None,
             Some(python) => {
                 let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
                 let out = Command::new(python)

@@ -70,12 +70,14 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<String> {
 struct Reader<'a> {
     weights: &'a Weights,
     device: &'a Device,
+    /// The checkpoint's tensor names, listed once.
+    names: BTreeSet<String>,
 }
 
 impl Reader<'_> {
     fn read(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
         let path = self.weights.path().to_path_buf();
-        if !self.weights.tensor_names().iter().any(|n| n == name) {
+        if !self.names.contains(name) {
             return Err(ModelError::MissingTensor { path, name: name.to_string() });
         }
         let t = self.weights.read_f32(name)?;
@@ -120,7 +122,8 @@ impl Reader<'_> {
 /// errors naming the tensor.
 pub fn from_weights(weights: &Weights, config: ModelConfig, device: &Device) -> Result<CausalLm> {
     let expected: BTreeSet<String> = expected_tensors(&config).into_iter().collect();
-    for name in weights.tensor_names() {
+    let names: BTreeSet<String> = weights.tensor_names().into_iter().collect();
+    for name in names.iter().cloned() {
         // Old checkpoints store RoPE's inverse frequencies; tied checkpoints may still carry a head.
         let harmless =
             name.ends_with("rotary_emb.inv_freq") || (config.tie_word_embeddings && name == "lm_head.weight");
@@ -132,7 +135,7 @@ pub fn from_weights(weights: &Weights, config: ModelConfig, device: &Device) -> 
             });
         }
     }
-    let r = Reader { weights, device };
+    let r = Reader { weights, device, names };
     let (h, v) = (config.hidden_size, config.vocab_size);
     let (q_dim, kv_dim) = (config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim);
     let i_dim = config.intermediate_size;
