@@ -122,24 +122,47 @@ impl CausalLm {
             }
             BasesSource::Cluster(cfg, progress) => {
                 let cfg = PmrcConfig { k: method.k, rank: method.r, ..cfg };
-                let total = wanted.len();
-                for (i, (name, proj)) in wanted.iter().enumerate() {
-                    // Rows of W0 are output rows: transpose our input-major weight back.
-                    let w = proj.base.weight.val().transpose();
-                    let [rows, cols] = w.dims();
-                    let data = w.into_data().try_into_vec::<f32>().map_err(|e| {
-                        ModelError::Input(format!("reading `{name}` back for clustering: {e:?}"))
-                    })?;
-                    let m = RowMatrix::new(&data, rows, cols)
-                        .map_err(|source| ModelError::Cluster { name: name.clone(), source })?;
-                    let b = select_bases(m, &cfg)
-                        .map_err(|source| ModelError::Cluster { name: name.clone(), source })?;
-                    out.insert(name.clone(), b.bases);
-                    progress(i + 1, total);
+                let file = self.cluster_bases(targets, &cfg, progress)?;
+                for (name, _) in &wanted {
+                    if let Some(sets) = file.sets.get(&format!("{name}.weight")) {
+                        out.insert(name.clone(), sets.clone());
+                    }
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Clusters the weight of every `targets` projection with `cfg` (PMRC, or the SS / RS ablations)
+    /// and returns the index sets keyed by weight name (`model.layers.0.self_attn.q_proj.weight`),
+    /// ready to save. `progress` is called after each matrix with (done, total).
+    pub fn cluster_bases(
+        &self,
+        targets: &[Target],
+        cfg: &PmrcConfig,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<BasesFile> {
+        let wanted: Vec<&AdaptedLinear> =
+            self.projections().into_iter().filter(|(t, _)| targets.contains(t)).map(|(_, p)| p).collect();
+        let total = wanted.len();
+        let mut sets = BTreeMap::new();
+        for (i, proj) in wanted.into_iter().enumerate() {
+            let name = &proj.name;
+            // Rows of W0 are output rows: transpose our input-major weight back.
+            let w = proj.base.weight.val().transpose();
+            let [rows, cols] = w.dims();
+            let data = w
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| ModelError::Input(format!("reading `{name}` back for clustering: {e:?}")))?;
+            let m = RowMatrix::new(&data, rows, cols)
+                .map_err(|source| ModelError::Cluster { name: name.clone(), source })?;
+            let b =
+                select_bases(m, cfg).map_err(|source| ModelError::Cluster { name: name.clone(), source })?;
+            sets.insert(format!("{name}.weight"), b.bases);
+            progress(i + 1, total);
+        }
+        Ok(BasesFile { sets, settings: cfg.clone(), extra: BTreeMap::new() })
     }
 
     /// Freezes the embedding, the norms and the head (adapter training leaves them as they are).

@@ -1,5 +1,6 @@
 //! Building a [`CausalLm`] from a Hugging Face folder or a GGUF file.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -7,6 +8,8 @@ use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 use idlora_adapter::{AdaptedLinear, MethodConfig, MethodKind};
 use idlora_weights::Weights;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -67,20 +70,33 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<String> {
     names
 }
 
+/// Where the values come from: a checkpoint, or a seeded random initialisation.
+enum Source<'a> {
+    Weights {
+        weights: &'a Weights,
+        /// The checkpoint's tensor names, listed once.
+        names: BTreeSet<String>,
+    },
+    /// The generator and the standard deviation.
+    Random(Box<RefCell<(ChaCha8Rng, f32)>>),
+}
+
 struct Reader<'a> {
-    weights: &'a Weights,
+    source: Source<'a>,
     device: &'a Device,
-    /// The checkpoint's tensor names, listed once.
-    names: BTreeSet<String>,
 }
 
 impl Reader<'_> {
     fn read(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
-        let path = self.weights.path().to_path_buf();
-        if !self.names.contains(name) {
+        let (weights, names) = match &self.source {
+            Source::Weights { weights, names } => (weights, names),
+            Source::Random(rng) => return Ok(random_values(name, expected, &mut rng.borrow_mut())),
+        };
+        let path = weights.path().to_path_buf();
+        if !names.contains(name) {
             return Err(ModelError::MissingTensor { path, name: name.to_string() });
         }
-        let t = self.weights.read_f32(name)?;
+        let t = weights.read_f32(name)?;
         if t.shape != expected {
             return Err(ModelError::Shape {
                 path,
@@ -135,7 +151,44 @@ pub fn from_weights(weights: &Weights, config: ModelConfig, device: &Device) -> 
             });
         }
     }
-    let r = Reader { weights, device, names };
+    build(Reader { source: Source::Weights { weights, names }, device }, config)
+}
+
+/// A model with seeded random weights (norms 1, everything else uniform with standard deviation
+/// 0.02, as Hugging Face's `initializer_range` default): for tests, benchmarks and training from
+/// scratch. The same `config` and `seed` give the same weights on every machine.
+///
+/// ```
+/// use burn::tensor::Device;
+/// # let json = r#"{"model_type": "llama", "hidden_size": 16, "intermediate_size": 24,
+/// #   "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 32}"#;
+/// let config = idlora_models::ModelConfig::from_hf_json(json, "config.json")?;
+/// let model = idlora_models::load::random(config, 7, &Device::flex())?;
+/// assert_eq!(model.layers.len(), 1);
+/// # Ok::<(), idlora_models::ModelError>(())
+/// ```
+pub fn random(config: ModelConfig, seed: u64, device: &Device) -> Result<CausalLm> {
+    random_with_std(config, seed, 0.02, device)
+}
+
+/// [`random`] with another standard deviation (tiny test models learn faster with a larger one).
+pub fn random_with_std(config: ModelConfig, seed: u64, std: f32, device: &Device) -> Result<CausalLm> {
+    let rng = Box::new(RefCell::new((ChaCha8Rng::seed_from_u64(seed), std)));
+    build(Reader { source: Source::Random(rng), device }, config)
+}
+
+fn random_values(name: &str, shape: &[usize], (rng, std): &mut (ChaCha8Rng, f32)) -> Vec<f32> {
+    let n = shape.iter().product();
+    if name.ends_with("norm.weight") {
+        return vec![1.0; n];
+    }
+    // Uniform on [-a, a] has standard deviation a / sqrt(3).
+    let a = *std * 3f32.sqrt();
+    (0..n).map(|_| rng.random_range(-a..a)).collect()
+}
+
+fn build(r: Reader, config: ModelConfig) -> Result<CausalLm> {
+    let device = r.device;
     let (h, v) = (config.hidden_size, config.vocab_size);
     let (q_dim, kv_dim) = (config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim);
     let i_dim = config.intermediate_size;

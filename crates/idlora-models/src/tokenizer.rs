@@ -182,6 +182,14 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Token ids of `text` without BOS, whatever the tokenizer's setting: for a piece that follows
+    /// other text, such as a response after its prompt.
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
+        let enc =
+            self.inner.encode(text, false).map_err(|e| ModelError::Input(format!("tokenizing: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Text of `ids`; special tokens dropped when `skip_special`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(|e| ModelError::Input(format!("decoding: {e}")))

@@ -1,0 +1,695 @@
+//! The run configuration: one TOML file, every setting of the paper's Tables 4 and 5, validated as a
+//! whole before any work starts.
+//!
+//! ```
+//! use idlora_train::config::TrainConfig;
+//! let text = r#"
+//! [model]
+//! path = "SmolLM2-135M-Instruct.Q4_1.gguf"
+//! [method]
+//! kind = "idlora"
+//! r = 128
+//! [[data.sources]]
+//! path = "alpaca.json"
+//! "#;
+//! let mut cfg = TrainConfig::from_toml(text, "run.toml", &["optim.lr=1e-4".into()])?;
+//! assert_eq!(cfg.optim.lr, 1e-4);
+//! assert_eq!(cfg.method_config()?.alpha, 256.0); // alpha defaults to 2 r
+//! # Ok::<(), idlora_train::TrainError>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use idlora_adapter::params::Target;
+use idlora_adapter::{DropoutSite, MethodConfig, MethodKind};
+use idlora_cluster::{PmrcConfig, Selector};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError, config_err, io};
+
+/// A whole run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The base model.
+    pub model: ModelSection,
+    /// The fine-tuning method and its settings.
+    #[serde(default)]
+    pub method: MethodSection,
+    /// How ID-LoRA's index sets are made.
+    #[serde(default)]
+    pub cluster: ClusterSection,
+    /// Training data.
+    pub data: DataSection,
+    /// Optimizer and learning-rate schedule.
+    #[serde(default)]
+    pub optim: OptimSection,
+    /// Batching, length of the run, devices, intervals, outputs.
+    #[serde(default)]
+    pub train: RunSection,
+    /// Before/after samples printed by `cargo xtask train`.
+    #[serde(default)]
+    pub sample: SampleSection,
+}
+
+/// `[model]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A Hugging Face folder (`config.json` + safetensors + `tokenizer.json`) or a GGUF file.
+    pub path: String,
+}
+
+/// `[method]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodSection {
+    /// `full`, `lora`, `dora`, `hydralora`, `moelora` or `idlora`.
+    pub kind: String,
+    /// Rank `r` (ID-LoRA: rows per cluster).
+    pub r: usize,
+    /// Scale numerator (`alpha / r`); default `2 r` as in the paper.
+    pub alpha: Option<f64>,
+    /// Dropout probability.
+    pub dropout: f64,
+    /// rsLoRA scaling `alpha / sqrt(r)` (LoRA, DoRA).
+    pub rslora: bool,
+    /// HydraLoRA heads / MoELoRA experts; default 3 and 4.
+    pub experts: Option<usize>,
+    /// ID-LoRA clusters `k`.
+    pub k: usize,
+    /// ID-LoRA rank-boosting parts `p`; default `k`.
+    pub p: Option<usize>,
+    /// ID-LoRA rank boosting (false: the paper's "w/o RB" sum form).
+    pub rank_boost: bool,
+    /// ID-LoRA dropout site: `gathered` (on the gathered bases) or `input` (exact input dropout).
+    pub dropout_site: String,
+    /// Adapted projections: names from `q k v o gate up down`, or `["all"]`.
+    pub targets: Vec<String>,
+}
+
+impl Default for MethodSection {
+    fn default() -> Self {
+        MethodSection {
+            kind: "idlora".into(),
+            r: 128,
+            alpha: None,
+            dropout: 0.05,
+            rslora: false,
+            experts: None,
+            k: 4,
+            p: None,
+            rank_boost: true,
+            dropout_site: "gathered".into(),
+            targets: vec!["all".into()],
+        }
+    }
+}
+
+/// `[cluster]`: PMRC settings for ID-LoRA's index sets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// `pmrc` (the paper), `ss` or `rs` (ablations).
+    pub selector: String,
+    /// k-means restarts.
+    pub n_init: usize,
+    /// Lloyd iterations per restart at most.
+    pub max_iter: usize,
+    /// Convergence tolerance.
+    pub tol: f64,
+    /// Seed.
+    pub seed: u64,
+    /// An index-set file from `cargo xtask cluster --model` to use instead of clustering.
+    pub bases: Option<String>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection { selector: "pmrc".into(), n_init: 10, max_iter: 300, tol: 1e-4, seed: 0, bases: None }
+    }
+}
+
+/// `[data]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Prompt template: `alpaca` (Stanford Alpaca's) or `chat` (the model's chat template).
+    #[serde(default = "default_template")]
+    pub template: String,
+    /// Longest training sequence in tokens (prompt + response); longer ones are cut at the end.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// Share of each source held out for validation.
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+    /// Validation examples at most (over all sources).
+    #[serde(default = "default_val_max")]
+    pub val_max: usize,
+    /// The sources of the mixture.
+    pub sources: Vec<SourceConfig>,
+}
+
+fn default_template() -> String {
+    "alpaca".into()
+}
+fn default_max_length() -> usize {
+    512
+}
+fn default_val_fraction() -> f64 {
+    0.05
+}
+fn default_val_max() -> usize {
+    256
+}
+
+/// One `[[data.sources]]` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Name in reports (default: the file name).
+    pub name: Option<String>,
+    /// JSON (array of objects) or JSONL file, optionally gzip-compressed (`.gz`).
+    pub path: String,
+    /// `alpaca` (`instruction`, `input`, `output`; also CodeAlpaca and Saferpaca), `gsm8k`
+    /// (`question`, `answer`) or `columns` (see `columns`).
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// Field names for `format = "columns"`; dotted paths reach into nested objects (`doc.question`).
+    pub columns: Option<Columns>,
+    /// Mixture weight: each epoch takes `weight x` this source's training records (repeats above 1,
+    /// a fresh seeded subsample below 1).
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// Keep this fraction of the source once, seeded (the paper's "50% of CodeAlpaca" is 0.5).
+    #[serde(default = "one")]
+    pub fraction: f64,
+    /// Records to skip at the start of the file.
+    #[serde(default)]
+    pub skip: usize,
+    /// Records to take after `skip` (default: all).
+    pub take: Option<usize>,
+}
+
+fn default_format() -> String {
+    "alpaca".into()
+}
+fn one() -> f64 {
+    1.0
+}
+
+/// Field names of a `columns` source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Columns {
+    /// The instruction (or question).
+    pub instruction: String,
+    /// Optional extra input.
+    pub input: Option<String>,
+    /// The response (or answer).
+    pub output: String,
+}
+
+/// `[optim]`: AdamW and the schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimSection {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW beta 1.
+    pub beta1: f64,
+    /// AdamW beta 2.
+    pub beta2: f64,
+    /// AdamW epsilon.
+    pub eps: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// `constant`, `linear` or `cosine` (Hugging Face's schedules, after warm-up).
+    pub schedule: String,
+    /// Warm-up steps (the larger of this and `warmup_ratio x steps` is used).
+    pub warmup_steps: usize,
+    /// Warm-up as a share of all steps.
+    pub warmup_ratio: f64,
+    /// Global gradient-norm clipping (0: off).
+    pub max_grad_norm: f64,
+}
+
+impl Default for OptimSection {
+    /// The paper's Table 4: AdamW, learning rate 5e-5, no warm-up; Hugging Face's other defaults.
+    fn default() -> Self {
+        OptimSection {
+            lr: 5e-5,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            schedule: "linear".into(),
+            warmup_steps: 0,
+            warmup_ratio: 0.0,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+/// `[train]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Sequences per forward/backward pass.
+    pub micro_batch: usize,
+    /// Sequences per optimizer step (paper: 32); a multiple of `micro_batch`.
+    pub effective_batch: usize,
+    /// Passes over the mixture.
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (overrides `epochs`).
+    pub max_steps: Option<usize>,
+    /// Seed of shuffling, sampling, dropout and initialisation.
+    pub seed: u64,
+    /// Compute precision: `f32`.
+    pub precision: String,
+    /// `auto`, `cpu`, `wgpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Validation loss every this many steps (0: only before and after).
+    pub eval_interval: usize,
+    /// Checkpoint every this many steps (0: only at the end and on Ctrl-C).
+    pub checkpoint_interval: usize,
+    /// Checkpoints kept (oldest removed first).
+    pub keep_checkpoints: usize,
+    /// Run folder.
+    pub output_dir: String,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection {
+            micro_batch: 4,
+            effective_batch: 32,
+            epochs: 3,
+            max_steps: None,
+            seed: 42,
+            precision: "f32".into(),
+            device: "auto".into(),
+            eval_interval: 0,
+            checkpoint_interval: 100,
+            keep_checkpoints: 2,
+            output_dir: "runs/train/run".into(),
+        }
+    }
+}
+
+/// `[sample]`: prompts answered before and after training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleSection {
+    /// User messages (wrapped in the chat template when `data.template = "chat"`).
+    pub prompts: Vec<String>,
+    /// Tokens generated per prompt.
+    pub max_new_tokens: usize,
+}
+
+impl Default for SampleSection {
+    fn default() -> Self {
+        SampleSection { prompts: Vec::new(), max_new_tokens: 48 }
+    }
+}
+
+/// Prompt template of the training data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateKind {
+    /// Stanford Alpaca's prompt.
+    Alpaca,
+    /// The model's chat template, the instruction as the user turn.
+    Chat,
+}
+
+/// Learning-rate schedule after warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Constant.
+    Constant,
+    /// Linear decay to 0 at the last step.
+    Linear,
+    /// Half a cosine to 0 at the last step.
+    Cosine,
+}
+
+/// Record layout of a source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `instruction`, `input`, `output`.
+    Alpaca,
+    /// `question`, `answer` (also inside a `doc` object, as evaluation harnesses store it).
+    Gsm8k,
+    /// Named fields.
+    Columns(Columns),
+}
+
+impl TrainConfig {
+    /// Reads a TOML file and applies `key=value` overrides (values in TOML syntax; bare words are
+    /// strings). Unknown keys and bad values are errors naming the key.
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        Self::from_toml(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses TOML `text` (`source` names it in messages), applies `overrides`, and validates.
+    pub fn from_toml(text: &str, source: &str, overrides: &[String]) -> Result<Self> {
+        let parse_err = |message: String| TrainError::ConfigFile { path: source.to_string(), message };
+        // Parse once straight into the struct for messages with line and column...
+        let direct: std::result::Result<TrainConfig, _> = toml::from_str(text);
+        if overrides.is_empty() {
+            let cfg = direct.map_err(|e| parse_err(e.to_string()))?;
+            cfg.validate()?;
+            return Ok(cfg);
+        }
+        // ...and with overrides through a table, so that a bad override is named as such.
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        for item in overrides {
+            apply_override(&mut table, item)?;
+        }
+        let cfg: TrainConfig =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| TrainError::ConfigFile {
+                path: format!("{source} with --set {}", overrides.join(" --set ")),
+                message: e.to_string(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config as TOML (written to the run folder).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not serialise the config: {e}\n"))
+    }
+
+    /// The adapter method settings.
+    pub fn method_config(&self) -> Result<MethodConfig> {
+        let m = &self.method;
+        let kind: MethodKind = m.kind.parse().map_err(|_| {
+            config_err(
+                "method.kind",
+                format!(
+                    "`{}` is not a method; expected one of full, lora, dora, hydralora, moelora, idlora",
+                    m.kind
+                ),
+            )
+        })?;
+        if m.r == 0 {
+            return Err(config_err("method.r", "must be at least 1"));
+        }
+        let mut c = MethodConfig::new(kind, m.r);
+        if let Some(a) = m.alpha {
+            if !(a.is_finite() && a > 0.0) {
+                return Err(config_err("method.alpha", format!("{a} must be a positive number")));
+            }
+            c.alpha = a;
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return Err(config_err("method.dropout", format!("{} must be in [0, 1)", m.dropout)));
+        }
+        c.dropout = m.dropout;
+        c.rslora = m.rslora;
+        if let Some(e) = m.experts {
+            if e == 0 {
+                return Err(config_err("method.experts", "must be at least 1"));
+            }
+            c.experts = e;
+        }
+        if m.k == 0 {
+            return Err(config_err("method.k", "must be at least 1"));
+        }
+        c.k = m.k;
+        c.p = m.p;
+        c.rank_boost = m.rank_boost;
+        c.dropout_site = match m.dropout_site.as_str() {
+            "gathered" => DropoutSite::Gathered,
+            "input" => DropoutSite::Input,
+            other => {
+                return Err(config_err(
+                    "method.dropout_site",
+                    format!("`{other}`: expected `gathered` or `input`"),
+                ));
+            }
+        };
+        c.validate().map_err(|e| config_err("method", e.to_string()))?;
+        Ok(c)
+    }
+
+    /// The adapted projections.
+    pub fn targets(&self) -> Result<Vec<Target>> {
+        let list = self.method.targets.join(",");
+        let t = Target::parse_list(&list).map_err(|e| {
+            config_err(
+                "method.targets",
+                format!("{e}; expected names from q, k, v, o, gate, up, down, or \"all\""),
+            )
+        })?;
+        if t.is_empty() {
+            return Err(config_err("method.targets", "names no projection"));
+        }
+        Ok(t)
+    }
+
+    /// PMRC settings (`k` and `r` from the method).
+    pub fn cluster_config(&self) -> Result<PmrcConfig> {
+        let c = &self.cluster;
+        let selector: Selector = c.selector.parse().map_err(|_| {
+            config_err("cluster.selector", format!("`{}`: expected pmrc, ss or rs", c.selector))
+        })?;
+        if c.n_init == 0 || c.max_iter == 0 {
+            return Err(config_err("cluster.n_init", "n_init and max_iter must be at least 1"));
+        }
+        Ok(PmrcConfig {
+            k: self.method.k,
+            rank: self.method.r,
+            n_init: c.n_init,
+            max_iter: c.max_iter,
+            tol: c.tol,
+            seed: c.seed,
+            selector,
+            ..PmrcConfig::default()
+        })
+    }
+
+    /// The prompt template.
+    pub fn template(&self) -> Result<TemplateKind> {
+        match self.data.template.as_str() {
+            "alpaca" => Ok(TemplateKind::Alpaca),
+            "chat" => Ok(TemplateKind::Chat),
+            other => Err(config_err("data.template", format!("`{other}`: expected `alpaca` or `chat`"))),
+        }
+    }
+
+    /// The schedule.
+    pub fn schedule(&self) -> Result<Schedule> {
+        match self.optim.schedule.as_str() {
+            "constant" => Ok(Schedule::Constant),
+            "linear" => Ok(Schedule::Linear),
+            "cosine" => Ok(Schedule::Cosine),
+            other => Err(config_err(
+                "optim.schedule",
+                format!("`{other}`: expected `constant`, `linear` or `cosine`"),
+            )),
+        }
+    }
+
+    /// Micro-batches per optimizer step.
+    pub fn grad_accum(&self) -> usize {
+        self.train.effective_batch / self.train.micro_batch.max(1)
+    }
+
+    /// Checks every value; the first problem is returned, naming its key.
+    pub fn validate(&self) -> Result<()> {
+        if self.model.path.trim().is_empty() {
+            return Err(config_err("model.path", "is empty"));
+        }
+        self.method_config()?;
+        self.targets()?;
+        self.cluster_config()?;
+        self.template()?;
+        self.schedule()?;
+        let d = &self.data;
+        if d.sources.is_empty() {
+            return Err(config_err("data.sources", "no source given; add a [[data.sources]] table"));
+        }
+        if d.max_length < 8 {
+            return Err(config_err("data.max_length", format!("{} is too short (at least 8)", d.max_length)));
+        }
+        if !(0.0..0.5).contains(&d.val_fraction) {
+            return Err(config_err("data.val_fraction", format!("{} must be in [0, 0.5)", d.val_fraction)));
+        }
+        for (i, s) in d.sources.iter().enumerate() {
+            let key = |k: &str| format!("data.sources[{i}].{k}");
+            if s.path.trim().is_empty() {
+                return Err(config_err(key("path"), "is empty"));
+            }
+            source_format(s).map_err(|m| config_err(key("format"), m))?;
+            if !(s.weight.is_finite() && s.weight > 0.0) {
+                return Err(config_err(key("weight"), format!("{} must be a positive number", s.weight)));
+            }
+            if !(s.fraction > 0.0 && s.fraction <= 1.0) {
+                return Err(config_err(key("fraction"), format!("{} must be in (0, 1]", s.fraction)));
+            }
+            if s.take == Some(0) {
+                return Err(config_err(key("take"), "0 keeps no record"));
+            }
+        }
+        let o = &self.optim;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return Err(config_err("optim.lr", format!("{} must be a positive number", o.lr)));
+        }
+        for (k, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(config_err(k, format!("{v} must be in [0, 1)")));
+            }
+        }
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return Err(config_err("optim.eps", format!("{} must be a positive number", o.eps)));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return Err(config_err("optim.weight_decay", format!("{} must be >= 0", o.weight_decay)));
+        }
+        if !(0.0..1.0).contains(&o.warmup_ratio) {
+            return Err(config_err("optim.warmup_ratio", format!("{} must be in [0, 1)", o.warmup_ratio)));
+        }
+        if !(o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0) {
+            return Err(config_err(
+                "optim.max_grad_norm",
+                format!("{} must be >= 0 (0: off)", o.max_grad_norm),
+            ));
+        }
+        let t = &self.train;
+        if t.micro_batch == 0 {
+            return Err(config_err("train.micro_batch", "must be at least 1"));
+        }
+        if t.effective_batch == 0 || !t.effective_batch.is_multiple_of(t.micro_batch) {
+            return Err(config_err(
+                "train.effective_batch",
+                format!(
+                    "{} must be a positive multiple of train.micro_batch ({})",
+                    t.effective_batch, t.micro_batch
+                ),
+            ));
+        }
+        if t.epochs == 0 && t.max_steps.is_none() {
+            return Err(config_err("train.epochs", "0 epochs and no max_steps: nothing to train"));
+        }
+        if t.max_steps == Some(0) {
+            return Err(config_err("train.max_steps", "must be at least 1"));
+        }
+        if t.precision != "f32" {
+            return Err(config_err(
+                "train.precision",
+                format!(
+                    "`{}` is not built: training runs in f32 (burn's CPU backend computes in f32; \
+                     mixed precision on GPUs is not implemented yet)",
+                    t.precision
+                ),
+            ));
+        }
+        if t.keep_checkpoints == 0 {
+            return Err(config_err("train.keep_checkpoints", "must be at least 1 (resume needs one)"));
+        }
+        if t.output_dir.trim().is_empty() {
+            return Err(config_err("train.output_dir", "is empty"));
+        }
+        Ok(())
+    }
+
+    /// Checks that the files the config names exist (the model and every data source).
+    pub fn check_files(&self) -> Result<()> {
+        if !Path::new(&self.model.path).exists() {
+            return Err(config_err("model.path", format!("{} does not exist", self.model.path)));
+        }
+        for (i, s) in self.data.sources.iter().enumerate() {
+            if !Path::new(&s.path).is_file() {
+                return Err(config_err(
+                    format!("data.sources[{i}].path"),
+                    format!("{} is not a file", s.path),
+                ));
+            }
+        }
+        if let Some(b) = &self.cluster.bases
+            && !Path::new(b).is_file()
+        {
+            return Err(config_err("cluster.bases", format!("{b} is not a file")));
+        }
+        Ok(())
+    }
+
+    /// The run folder.
+    pub fn output_dir(&self) -> PathBuf {
+        PathBuf::from(&self.train.output_dir)
+    }
+}
+
+/// The record layout of a source, or what is wrong with it.
+pub fn source_format(s: &SourceConfig) -> std::result::Result<Format, String> {
+    match (s.format.as_str(), &s.columns) {
+        ("alpaca", None) => Ok(Format::Alpaca),
+        ("gsm8k", None) => Ok(Format::Gsm8k),
+        ("columns", Some(c)) => Ok(Format::Columns(c.clone())),
+        ("columns", None) => {
+            Err("`columns` needs a `columns = { instruction = ..., output = ... }` table".into())
+        }
+        ("alpaca" | "gsm8k", Some(_)) => {
+            Err(format!("`{}` takes no `columns` (use format = \"columns\")", s.format))
+        }
+        (other, _) => Err(format!("`{other}`: expected `alpaca`, `gsm8k` or `columns`")),
+    }
+}
+
+/// Sets `key=value` in `table`; `key` is dotted, and a number selects an array element
+/// (`data.sources.0.weight=2`).
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+    let (key, raw) = item
+        .split_once('=')
+        .ok_or_else(|| config_err(item, "an override is `key=value` (for example optim.lr=1e-4)"))?;
+    let key = key.trim();
+    let value = parse_value(raw.trim());
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(config_err(key, "is not a dotted key"));
+    }
+    let mut cursor = table;
+    for (depth, part) in parts.iter().enumerate() {
+        let last = depth + 1 == parts.len();
+        if last {
+            cursor.insert((*part).to_string(), value);
+            return Ok(());
+        }
+        let entry =
+            cursor.entry((*part).to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        // An array element: the next part is its index.
+        if let toml::Value::Array(items) = entry {
+            let idx_part = parts.get(depth + 1).copied().unwrap_or("");
+            let idx: usize = idx_part
+                .parse()
+                .map_err(|_| config_err(key, format!("`{part}` is a list: give an index, as in {part}.0")))?;
+            let len = items.len();
+            let el = items
+                .get_mut(idx)
+                .ok_or_else(|| config_err(key, format!("`{part}` has {len} entries, no index {idx}")))?;
+            let rest = &parts[depth + 2..];
+            let toml::Value::Table(t) = el else {
+                return Err(config_err(key, format!("`{part}.{idx}` is not a table")));
+            };
+            if rest.is_empty() {
+                return Err(config_err(key, "cannot replace a whole list entry; set one of its keys"));
+            }
+            return apply_override(t, &format!("{}={raw}", rest.join(".")));
+        }
+        cursor = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(config_err(key, format!("`{part}` is a value, not a table"))),
+        };
+    }
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    let wrapped = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&wrapped) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}

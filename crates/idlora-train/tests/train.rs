@@ -1,0 +1,312 @@
+//! End-to-end training on a tiny random model: every method learns, a killed run resumes exactly,
+//! Ctrl-C saves, NaN stops, the saved adapter reloads, bad configs and data are named.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use idlora_models::{CausalLm, ForwardInput, ModelConfig, Tokenizer};
+use idlora_train::checkpoint::read_tensors;
+use idlora_train::trainer::{Outcome, RunPlan, TrainOptions, train};
+use idlora_train::{Observer, TrainConfig, TrainError};
+
+const WORDS: &[&str] = &[
+    "<unk>", "</s>", "red", "green", "blue", "one", "two", "three", "four", "cat", "dog", "bird", "reverse",
+    "copy", "say", "colour", "number", "animal", "the", "of", "is", "what", "a", "b", "c", "d",
+];
+
+/// burn's CPU generator is process-wide: runs that use dropout must not interleave, or each
+/// would draw the other's numbers. Every test that trains holds this lock.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            WORDS.iter().enumerate().map(|(i, w)| (w.to_string(), serde_json::json!(i))).collect();
+        let special = |id: usize, content: &str| {
+            serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        };
+        let tok = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [special(0, "<unk>"), special(1, "</s>")],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+        });
+        std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).expect("tokenizer");
+        let records = serde_json::json!([
+            {"instruction": "reverse", "input": "a b c", "output": "c b a"},
+            {"instruction": "colour of the bird", "input": "", "output": "blue"},
+            {"instruction": "copy", "input": "one two three", "output": "one two three"},
+            {"instruction": "what is a cat", "input": "", "output": "animal"},
+            {"instruction": "say the number", "input": "four", "output": "four four"},
+            {"instruction": "reverse", "input": "d c", "output": "c d"},
+        ]);
+        std::fs::write(dir.path().join("data.json"), records.to_string()).expect("data");
+        Fixture { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn tokenizer(&self) -> Tokenizer {
+        Tokenizer::from_dir(self.dir.path(), &[1]).expect("tokenizer")
+    }
+
+    fn config(&self, method: &str, out: &str, extra: &[&str]) -> TrainConfig {
+        let text = format!(
+            r#"
+[model]
+path = "random"
+[method]
+kind = "{method}"
+r = 4
+k = 2
+dropout = 0.0
+[[data.sources]]
+path = "{data}"
+[data]
+max_length = 64
+val_fraction = 0.0
+[optim]
+lr = 1e-2
+schedule = "constant"
+[train]
+micro_batch = 2
+effective_batch = 4
+max_steps = 30
+checkpoint_interval = 0
+output_dir = "{out}"
+"#,
+            data = self.path("data.json").display(),
+            out = self.path(out).display(),
+        );
+        let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        TrainConfig::from_toml(&text, "test.toml", &overrides).expect("config")
+    }
+}
+
+/// Weights of the random test model: large enough that a frozen tied head can express a peaked
+/// distribution, so that adapters alone can fit the data.
+const STD: f32 = 0.3;
+
+fn model_config() -> ModelConfig {
+    let json = format!(
+        r#"{{"model_type": "llama", "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": {}, "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": true, "eos_token_id": 1}}"#,
+        WORDS.len()
+    );
+    ModelConfig::from_hf_json(&json, "config.json").expect("model config")
+}
+
+fn model() -> CausalLm {
+    idlora_models::load::random_with_std(model_config(), 3, STD, &Device::flex().autodiff()).expect("model")
+}
+
+#[derive(Default)]
+struct Capture {
+    plan: Mutex<Option<RunPlan>>,
+    messages: Mutex<Vec<String>>,
+}
+
+impl Observer for Capture {
+    fn start(&self, plan: &RunPlan) {
+        *self.plan.lock().expect("lock") = Some(plan.clone());
+    }
+    fn message(&self, text: &str) {
+        self.messages.lock().expect("lock").push(text.to_string());
+    }
+}
+
+fn losses_in(metrics: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .expect("metrics")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
+        .filter_map(|v| Some((v.get("step")?.as_u64()?, v.get("loss")?.as_f64()?)))
+        .collect()
+}
+
+#[test]
+fn every_method_overfits_a_handful_of_examples() {
+    let _serial = serial();
+    let fx = Fixture::new();
+    let mut results = Vec::new();
+    for method in ["full", "lora", "dora", "hydralora", "moelora", "idlora"] {
+        let lr = if method == "full" { "optim.lr=1e-2" } else { "optim.lr=2e-2" };
+        let cfg = fx.config(method, method, &[lr]);
+        let cap = Capture::default();
+        let run = train(&cfg, model(), &fx.tokenizer(), &TrainOptions::default(), &cap).expect(method);
+        assert_eq!(run.outcome, Outcome::Finished);
+        let first = run.losses[0].1;
+        let last = run.losses.last().expect("losses").1;
+        results.push((method, first, last));
+        // The count on the model equals the count from the shape alone (`cargo xtask params`).
+        let plan = cap.plan.lock().expect("lock").clone().expect("plan");
+        assert_eq!(plan.trainable_params, plan.expected_trainable_params, "{method}");
+        assert!(plan.trainable_params > 0);
+        assert!(run.run_dir.join("loss.svg").is_file() && run.run_dir.join("summary.json").is_file());
+        assert_eq!(run.adapter_dir.is_some(), method != "full");
+    }
+    for (method, first, last) in results {
+        assert!(last < first / 10.0, "{method}: loss {first} -> {last}");
+    }
+}
+
+#[test]
+fn a_killed_run_resumes_exactly() {
+    let _serial = serial();
+    let fx = Fixture::new();
+    // Dropout on and two micro-batches per step: the dropout streams and data position matter.
+    let extra = [
+        "method.dropout=0.1",
+        "train.max_steps=9",
+        "train.checkpoint_interval=3",
+        "optim.schedule=\"linear\"",
+    ];
+    let whole = train(
+        &fx.config("idlora", "whole", &extra),
+        model(),
+        &fx.tokenizer(),
+        &TrainOptions::default(),
+        &Capture::default(),
+    )
+    .expect("uninterrupted");
+    let cfg = fx.config("idlora", "killed", &extra);
+    let halted = TrainOptions { halt_after: Some(7), ..Default::default() };
+    let first = train(&cfg, model(), &fx.tokenizer(), &halted, &Capture::default()).expect("first part");
+    assert_eq!((first.outcome, first.steps), (Outcome::Halted, 7));
+    // The "crash" left the step-6 checkpoint; step 7's metrics line is rewritten on resume.
+    let err = train(&cfg, model(), &fx.tokenizer(), &TrainOptions::default(), &Capture::default())
+        .err()
+        .expect("refuses to overwrite");
+    assert!(err.to_string().contains("--resume"), "{err}");
+    let resume = TrainOptions { resume: true, ..Default::default() };
+    let rest = train(&cfg, model(), &fx.tokenizer(), &resume, &Capture::default()).expect("resumed");
+    assert_eq!(rest.outcome, Outcome::Finished);
+    let a = losses_in(&whole.run_dir.join("metrics.jsonl"));
+    let b = losses_in(&rest.run_dir.join("metrics.jsonl"));
+    assert_eq!(a.len(), 9);
+    assert_eq!(a, b, "loss curves differ");
+    let ta = read_tensors(&whole.run_dir.join("checkpoints/step-0000009/trainable.safetensors")).expect("a");
+    let tb = read_tensors(&rest.run_dir.join("checkpoints/step-0000009/trainable.safetensors")).expect("b");
+    assert_eq!(ta, tb, "final weights differ");
+}
+
+#[test]
+fn stop_request_checkpoints_and_resume_finishes() {
+    let _serial = serial();
+    let fx = Fixture::new();
+    let cfg = fx.config("lora", "stopped", &["train.max_steps=4"]);
+    let stop = TrainOptions { stop: Some(Arc::new(AtomicBool::new(true))), ..Default::default() };
+    let run = train(&cfg, model(), &fx.tokenizer(), &stop, &Capture::default()).expect("stopped");
+    assert_eq!((run.outcome, run.steps), (Outcome::Stopped, 1));
+    assert!(run.last_checkpoint.as_ref().is_some_and(|p| p.join("state.json").is_file()));
+    let resume = TrainOptions { resume: true, ..Default::default() };
+    let rest = train(&cfg, model(), &fx.tokenizer(), &resume, &Capture::default()).expect("resumed");
+    assert_eq!((rest.outcome, rest.steps, rest.losses.len()), (Outcome::Finished, 4, 4));
+    // A changed config does not resume silently.
+    let other = fx.config("lora", "stopped", &["train.max_steps=4", "optim.lr=1e-3"]);
+    let err = train(&other, model(), &fx.tokenizer(), &resume, &Capture::default()).err().expect("digest");
+    assert!(err.to_string().contains("another configuration"), "{err}");
+}
+
+#[test]
+fn a_diverging_run_stops_with_the_last_good_checkpoint() {
+    let _serial = serial();
+    let fx = Fixture::new();
+    let cfg = fx.config(
+        "full",
+        "nan",
+        &["optim.lr=1e12", "optim.max_grad_norm=0", "train.checkpoint_interval=1", "train.max_steps=20"],
+    );
+    let err = train(&cfg, model(), &fx.tokenizer(), &TrainOptions::default(), &Capture::default())
+        .err()
+        .expect("diverges");
+    let TrainError::NonFinite { step, last_checkpoint, .. } = &err else { panic!("{err}") };
+    assert!(*step >= 2, "{err}");
+    assert!(last_checkpoint.contains(&format!("step-{:07}", step - 1)), "{err}");
+    assert!(Path::new(last_checkpoint).join("trainable.safetensors").is_file());
+}
+
+#[test]
+fn the_saved_adapter_gives_the_trained_models_logits() {
+    let _serial = serial();
+    let fx = Fixture::new();
+    let cfg = fx.config("idlora", "reload", &["train.max_steps=5", "method.dropout=0.05"]);
+    let run =
+        train(&cfg, model(), &fx.tokenizer(), &TrainOptions::default(), &Capture::default()).expect("train");
+    let dir = run.adapter_dir.clone().expect("adapter");
+    let input = ForwardInput::single(&[12, 22, 23, 24, 1, 5, 9]);
+    let trained = run.model.valid().forward(&input, None).expect("logits");
+    let base = idlora_models::load::random_with_std(model_config(), 3, STD, &Device::flex()).expect("model");
+    let (reloaded, _) = base.load_adapters(&dir).expect("load adapter");
+    let again = reloaded.forward(&input, None).expect("logits");
+    let (a, b) = (
+        trained.into_data().try_into_vec::<f32>().expect("a"),
+        again.into_data().try_into_vec::<f32>().expect("b"),
+    );
+    let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(max < 1e-5, "max difference {max}");
+    // And training moved the model away from the base.
+    let plain = idlora_models::load::random_with_std(model_config(), 3, STD, &Device::flex()).expect("model");
+    let p = plain.forward(&input, None).expect("logits").into_data().try_into_vec::<f32>().expect("p");
+    assert!(a.iter().zip(&p).any(|(x, y)| (x - y).abs() > 1e-3));
+}
+
+#[test]
+fn bad_configs_and_data_are_named() {
+    let _serial = serial();
+    let fx = Fixture::new();
+    let err = |text: &str, overrides: &[&str]| {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        TrainConfig::from_toml(text, "run.toml", &o).expect_err("an error").to_string()
+    };
+    let ok = "[model]\npath = \"m\"\n[[data.sources]]\npath = \"d.json\"\n";
+    assert!(err(&format!("{ok}[optim]\nlrr = 1\n"), &[]).contains("unknown field `lrr`"));
+    assert!(err(ok, &["optim.lr=-1"]).contains("config `optim.lr`"));
+    assert!(err(ok, &["method.kind=lorax"]).contains("config `method.kind`"));
+    assert!(err(ok, &["train.effective_batch=6"]).contains("config `train.effective_batch`"));
+    assert!(err(ok, &["train.precision=bf16"]).contains("config `train.precision`"));
+    assert!(err(ok, &["data.sources.0.fraction=0"]).contains("data.sources[0].fraction"));
+    assert!(err(ok, &["data.sources.3.weight=2"]).contains("has 1 entries"));
+    assert!(err(ok, &["method.targets=[\"q\", \"x\"]"]).contains("config `method.targets`"));
+    assert!(err(ok, &["nonsense"]).contains("key=value"));
+    assert!(err("[model]\npath = \"m\"\n", &[]).contains("missing field `data`"));
+    let cfg = TrainConfig::from_toml(ok, "run.toml", &[]).expect("minimal config");
+    assert!(cfg.check_files().expect_err("missing").to_string().contains("config `model.path`"));
+
+    // Data: malformed records are reported with file and line; an empty result is an error.
+    std::fs::write(
+        fx.path("mixed.jsonl"),
+        "{\"instruction\": \"copy\", \"input\": \"a\", \"output\": \"a\"}\n{\"instruction\": \"copy\"}\n",
+    )
+    .expect("write");
+    let mut cfg = fx.config("lora", "mixed", &["train.max_steps=1"]);
+    cfg.data.sources[0].path = fx.path("mixed.jsonl").display().to_string();
+    let cap = Capture::default();
+    train(&cfg, model(), &fx.tokenizer(), &TrainOptions::default(), &cap).expect("trains on the good record");
+    let messages = cap.messages.lock().expect("lock").join("\n");
+    assert!(messages.contains("2 records, 1 malformed"), "{messages}");
+    assert!(messages.contains("mixed.jsonl line 2: missing field `output`"), "{messages}");
+    std::fs::write(fx.path("bad.jsonl"), "{\"instruction\": \"copy\"}\n").expect("write");
+    cfg.data.sources[0].path = fx.path("bad.jsonl").display().to_string();
+    cfg.train.output_dir = fx.path("bad").display().to_string();
+    let e = train(&cfg, model(), &fx.tokenizer(), &TrainOptions::default(), &cap).err().expect("empty");
+    assert!(e.to_string().contains("bad.jsonl: no training example left"), "{e}");
+}
