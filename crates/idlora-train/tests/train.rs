@@ -310,3 +310,37 @@ fn bad_configs_and_data_are_named() {
     let e = train(&cfg, model(), &fx.tokenizer(), &TrainOptions::default(), &cap).err().expect("empty");
     assert!(e.to_string().contains("bad.jsonl: no training example left"), "{e}");
 }
+
+#[test]
+fn shipped_configs_are_valid_and_carry_the_papers_settings() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/train");
+    let mut paper = 0;
+    for entry in std::fs::read_dir(&dir).expect("configs/train") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let cfg = TrainConfig::from_file(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_stem().expect("stem").to_string_lossy().into_owned();
+        if !(name.starts_with("llama3-8b") || name.starts_with("mistral-7b")) {
+            continue;
+        }
+        paper += 1;
+        let m = cfg.method_config().expect("method");
+        assert_eq!((m.r, m.alpha, m.k, m.dropout), (128, 256.0, 4, 0.05), "{name}");
+        assert_eq!(cfg.targets().expect("targets").len(), 7, "{name}");
+        assert_eq!((cfg.train.effective_batch, cfg.train.epochs), (32, 3), "{name}");
+        assert_eq!((cfg.optim.warmup_steps, cfg.optim.warmup_ratio), (0, 0.0), "{name}");
+        let lr = match name.as_str() {
+            "mistral-7b-math" => 3e-5,
+            "mistral-7b-safety" => 1e-4,
+            _ => 5e-5,
+        };
+        assert_eq!(cfg.optim.lr, lr, "{name}");
+        if name.ends_with("multitask") {
+            let fractions: Vec<f64> = cfg.data.sources.iter().map(|s| s.fraction).collect();
+            assert_eq!(fractions, [1.0, 1.0, 0.5], "{name}");
+        }
+    }
+    assert_eq!(paper, 8);
+}

@@ -1,0 +1,207 @@
+//! `cargo xtask bench train`: tokens/s and peak memory of training steps on SmolLM2-135M (f32, CPU),
+//! batch 4 x 256 tokens, for LoRA r = 8, LoRA r = 128 and ID-LoRA r = 128 (k = 4), side by side with
+//! PyTorch + PEFT LoRA r = 8 on the same machine and the same token ids.
+//!
+//! Each configuration runs in its own process, so that its peak resident memory is its own.
+//! ID-LoRA at r = 128 needs `k r = 512` rows per matrix: SmolLM2's k/v projections have 192, so
+//! both r = 128 rows adapt q, o, gate, up and down (the same targets for LoRA and ID-LoRA).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::optim::{AdamWConfig, GradientsParams};
+use clap::Args;
+use idlora_adapter::params::Target;
+use idlora_adapter::{MethodConfig, MethodKind};
+use idlora_cluster::PmrcConfig;
+use idlora_models::adapters::BasesSource;
+use idlora_models::load;
+use idlora_train::batch::collate;
+use idlora_train::loss::nll_sum;
+use idlora_train::template::Example;
+use rand::{RngExt, SeedableRng};
+
+use crate::paths;
+
+/// Arguments of `cargo xtask bench train`.
+#[derive(Args)]
+pub struct TrainBenchArgs {
+    /// Timed steps per configuration (after one warm-up step); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Skip the PyTorch side.
+    #[arg(long)]
+    no_python: bool,
+    /// Also write the Markdown table to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Internal: run one configuration (`lora-8`, `lora-128`, `idlora-128`) and print JSON.
+    #[arg(long, hide = true)]
+    one: Option<String>,
+}
+
+const CONFIGS: [(&str, &str); 3] = [
+    ("lora-8", "LoRA r=8, all 7 projections"),
+    ("lora-128", "LoRA r=128, q,o,gate,up,down"),
+    ("idlora-128", "ID-LoRA r=128 k=4, q,o,gate,up,down"),
+];
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn token_ids(batch: usize, seq: usize, vocab: usize) -> Vec<u32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    // Ordinary ids (below 20k: real words), the same on both sides.
+    (0..batch * seq).map(|_| rng.random_range(100..vocab.min(20_000) as u32)).collect()
+}
+
+fn run_one(name: &str, args: &TrainBenchArgs) -> Result<()> {
+    let gguf = idlora_assets::fetch(&idlora_assets::SMOLLM2_135M_INSTRUCT_GGUF, &paths::cache_dir())?;
+    let device = burn::tensor::Device::flex().autodiff();
+    device.seed(0);
+    let model = load(&gguf, &device)?;
+    let (method, targets) = match name {
+        "lora-8" => (MethodConfig::new(MethodKind::Lora, 8), Target::ALL.to_vec()),
+        "lora-128" | "idlora-128" => {
+            let kind = if name == "lora-128" { MethodKind::Lora } else { MethodKind::IdLora };
+            (MethodConfig::new(kind, 128), vec![Target::Q, Target::O, Target::Gate, Target::Up, Target::Down])
+        }
+        other => bail!("unknown configuration `{other}`"),
+    };
+    // Clustering is not timed; one restart is enough for a speed measurement.
+    let progress = |_: usize, _: usize| {};
+    let bases = BasesSource::Cluster(PmrcConfig { n_init: 1, ..PmrcConfig::default() }, &progress);
+    let mut model =
+        model.apply_adapters(&method, &targets, (method.kind == MethodKind::IdLora).then_some(bases))?;
+    let ids = token_ids(args.batch, args.seq, model.config.vocab_size);
+    let examples: Vec<Example> =
+        ids.chunks(args.seq).map(|row| Example { tokens: row.to_vec(), prompt_len: 1 }).collect();
+    let rows: Vec<&Example> = examples.iter().collect();
+    let batch = collate(&rows, 0);
+    let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).init();
+    let mut times = Vec::new();
+    let mut loss = f64::NAN;
+    for _ in 0..=args.steps {
+        let t = Instant::now();
+        let nll = nll_sum(&model, &batch)?;
+        let mean = nll.div_scalar(batch.target_count() as f64);
+        loss = mean
+            .clone()
+            .detach()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as f64;
+        let grads = GradientsParams::from_grads(mean.backward(), &model);
+        model = optim.step(1e-4, model, grads);
+        device.sync()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mut timed = times[1..].to_vec();
+    timed.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        serde_json::json!({"step_s": timed[timed.len() / 2], "peak_rss_mb": peak_rss_mb(), "loss": loss})
+    );
+    Ok(())
+}
+
+fn parse(out: &std::process::Output, what: &str) -> Result<(f64, f64, f64)> {
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+        .with_context(|| format!("parsing {what}'s output"))?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    Ok((f("step_s"), f("peak_rss_mb"), f("loss")))
+}
+
+/// Runs the benchmark (or, with `--one`, one configuration of it).
+pub fn run(args: TrainBenchArgs) -> Result<()> {
+    if let Some(name) = &args.one {
+        return run_one(name, &args);
+    }
+    if args.steps == 0 || args.batch == 0 || args.seq < 2 {
+        bail!("--steps and --batch must be positive and --seq at least 2");
+    }
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let tokens = (args.batch * args.seq) as f64;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rows = Vec::new();
+    for (name, label) in CONFIGS {
+        eprintln!("running {label} ...");
+        let out = Command::new(&exe)
+            .args(["bench", "train", "--one", name])
+            .args([
+                "--steps",
+                &args.steps.to_string(),
+                "--batch",
+                &args.batch.to_string(),
+                "--seq",
+                &args.seq.to_string(),
+            ])
+            .output()
+            .with_context(|| format!("running {label}"))?;
+        rows.push((format!("idlora (burn flex): {label}"), parse(&out, label)?));
+    }
+    if !args.no_python
+        && let Some(python) = paths::python_venv(
+            "venv-train",
+            &["torch", "transformers", "peft", "gguf"],
+            "import torch, transformers, peft, gguf",
+        )
+    {
+        eprintln!("running PyTorch + PEFT LoRA r=8 ...");
+        let gguf = idlora_assets::fetch(&idlora_assets::SMOLLM2_135M_INSTRUCT_GGUF, &paths::cache_dir())?;
+        let ids: Vec<String> = token_ids(args.batch, args.seq, 49_152).iter().map(u32::to_string).collect();
+        let out = Command::new(python)
+            .arg(paths::repo_root().join("benches/python/train_speed.py"))
+            .arg(&gguf)
+            .arg(ids.join(","))
+            .args([args.batch, args.seq, 8, threads, args.steps].map(|v| v.to_string()))
+            .output()
+            .context("running benches/python/train_speed.py")?;
+        rows.push(("PyTorch + PEFT: LoRA r=8, all 7 projections".into(), parse(&out, "train_speed.py")?));
+    }
+    let torch = rows.iter().find(|r| r.0.starts_with("PyTorch")).map(|r| r.1);
+    let mut md = format!(
+        "SmolLM2-135M-Instruct (GGUF dequantised to f32), CPU, {threads} threads, batch {} x {} tokens, \
+         forward + backward + AdamW, median of {} steps after one warm-up; each row in its own process.\n\n\
+         | configuration | s / step | tokens/s | peak RSS MB | tokens/s vs PyTorch | memory vs PyTorch |\n|---|---|---|---|---|---|\n",
+        args.batch, args.seq, args.steps
+    );
+    for (label, (step, rss, _)) in &rows {
+        let (speed, mem) = match torch {
+            Some((ts, tm, _)) => (format!("{:.2}x", ts / step), format!("{:.2}x", rss / tm)),
+            None => ("-".into(), "-".into()),
+        };
+        md.push_str(&format!(
+            "| {label} | {step:.2} | {:.0} | {rss:.0} | {speed} | {mem} |\n",
+            tokens / step
+        ));
+    }
+    if let (Some(l), Some(i)) =
+        (rows.iter().find(|r| r.0.contains("LoRA r=128")), rows.iter().find(|r| r.0.contains("ID-LoRA")))
+    {
+        md.push_str(&format!("\nID-LoRA r=128 step time / LoRA r=128 step time: {:.3}.\n", i.1.0 / l.1.0));
+    }
+    println!("{md}");
+    if let Some(p) = &args.out {
+        std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
