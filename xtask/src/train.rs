@@ -201,6 +201,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let picked = pick(choice)?;
     eprintln!("device: {}", picked.description);
     let device = picked.device.autodiff();
+    let mut replicas = Vec::new();
+    for (i, name) in cfg.train.extra_devices.iter().enumerate() {
+        let choice: DeviceChoice =
+            name.parse().map_err(|e| anyhow::anyhow!("config `train.extra_devices[{i}]`: {e}"))?;
+        let extra = pick(choice).with_context(|| format!("config `train.extra_devices[{i}]`"))?;
+        eprintln!("data-parallel replica {}: {}", i + 1, extra.description);
+        replicas.push(extra.device.autodiff());
+    }
     let t = Instant::now();
     let model_path = PathBuf::from(&cfg.model.path);
     let model = load(&model_path, &device).with_context(|| format!("loading {}", model_path.display()))?;
@@ -237,7 +245,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let progress = Progress { bar, cluster };
-    let opts = TrainOptions { resume: args.resume, stop: Some(stop), halt_after: None };
+    let opts = TrainOptions { resume: args.resume, stop: Some(stop), halt_after: None, replicas };
     let run = train(&cfg, model, &tokenizer, &opts, &progress)?;
     progress.bar.finish_and_clear();
 

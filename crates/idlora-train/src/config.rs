@@ -269,6 +269,9 @@ pub struct RunSection {
     pub precision: String,
     /// `auto`, `cpu`, `wgpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Data parallelism: further devices (`["cuda:1", "cuda:2"]`) that each take a share of every
+    /// step's micro-batches; gradients are summed on `device`.
+    pub extra_devices: Vec<String>,
     /// Validation loss every this many steps (0: only before and after).
     pub eval_interval: usize,
     /// Checkpoint every this many steps (0: only at the end and on Ctrl-C).
@@ -289,6 +292,7 @@ impl Default for RunSection {
             seed: 42,
             precision: "f32".into(),
             device: "auto".into(),
+            extra_devices: Vec::new(),
             eval_interval: 0,
             checkpoint_interval: 100,
             keep_checkpoints: 2,

@@ -1,5 +1,6 @@
-//! Reading training records: JSON arrays or JSONL (optionally gzip-compressed) in Alpaca, GSM8K or
-//! named-column layouts. Malformed records are counted and reported with their line, never dropped
+//! Reading training records: JSON arrays or JSONL (optionally gzip-compressed), Parquet, and Arrow
+//! IPC files or streams (what Hugging Face `datasets` writes), in Alpaca, GSM8K or named-column
+//! layouts. The file kind is told by its first bytes, not its name. Malformed records are counted and reported with their line, never dropped
 //! silently.
 //!
 //! ```
@@ -36,7 +37,7 @@ pub struct Record {
 /// A record that could not be used, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Malformed {
-    /// `line N` (JSONL) or `record N` (JSON array), 1-based.
+    /// `line N` (JSONL), `record N` (JSON array) or `row N` (Parquet, Arrow), 1-based.
     pub location: String,
     /// What is wrong.
     pub reason: String,
@@ -56,9 +57,20 @@ pub struct SourceRecords {
 /// Reads every record of `path` in `format`. A file that is not JSON / JSONL at all is an error; a
 /// bad record is listed in [`SourceRecords::malformed`].
 pub fn read_records(path: &Path, format: &Format) -> Result<SourceRecords> {
-    let text = read_text(path)?;
     let data_err = |message: String| TrainError::Data { path: path.to_path_buf(), message };
     let mut items: Vec<(String, std::result::Result<Value, String>)> = Vec::new();
+    let mut magic = [0u8; 6];
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut magic)).map_err(io(path))?;
+    let magic = &magic[..n];
+    if magic.starts_with(b"PAR1")
+        || magic.starts_with(b"ARROW1")
+        || magic.starts_with(&[0xff, 0xff, 0xff, 0xff])
+    {
+        let rows = crate::tabular::read_rows(path).map_err(data_err)?;
+        items.extend(rows.into_iter().enumerate().map(|(i, v)| (format!("row {}", i + 1), Ok(v))));
+        return finish(path, items, format);
+    }
+    let text = read_text(path)?;
     if text.trim_start().starts_with('[') {
         let values: Vec<Value> = serde_json::from_str(&text)
             .map_err(|e| data_err(format!("not a valid JSON array of records: {e}")))?;
@@ -72,6 +84,15 @@ pub fn read_records(path: &Path, format: &Format) -> Result<SourceRecords> {
             items.push((format!("line {}", i + 1), parsed));
         }
     }
+    finish(path, items, format)
+}
+
+fn finish(
+    path: &Path,
+    items: Vec<(String, std::result::Result<Value, String>)>,
+    format: &Format,
+) -> Result<SourceRecords> {
+    let data_err = |message: String| TrainError::Data { path: path.to_path_buf(), message };
     if items.is_empty() {
         return Err(data_err("holds no record".into()));
     }
@@ -113,6 +134,7 @@ fn text_field(v: &Value, path: &str, required: bool) -> std::result::Result<Stri
     match field(v, path) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::Bool(b)) => Ok(b.to_string()),
         Some(Value::Null) | None if !required => Ok(String::new()),
         Some(Value::Null) | None => Err(format!("missing field `{path}`")),
         Some(other) => Err(format!("field `{path}` is {}, not text", kind(other))),
@@ -223,6 +245,40 @@ mod tests {
         assert_eq!(r.malformed.len(), 1);
         assert_eq!(r.malformed[0].location, "line 3");
         assert!(r.malformed[0].reason.starts_with("not JSON"), "{:?}", r.malformed);
+    }
+
+    #[test]
+    fn hugging_face_arrow_and_parquet_tables() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let cols = Columns {
+            instruction: "question".into(),
+            input: Some("subject".into()),
+            output: "answer".into(),
+        };
+        for name in ["mmlu_abstract_algebra_dev.arrow", "mmlu_abstract_algebra_dev.parquet"] {
+            let r = read_records(&fixtures.join(name), &Format::Columns(cols.clone())).expect(name);
+            assert_eq!(r.records.len(), 5, "{name}");
+            assert!(r.malformed.is_empty(), "{name}");
+            assert_eq!(r.records[0].instruction, "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.");
+            assert_eq!(
+                (r.records[0].input.as_str(), r.records[0].output.as_str()),
+                ("abstract_algebra", "1")
+            );
+        }
+        // A list column is not text: each row is reported, none dropped silently.
+        let bad = Columns { instruction: "question".into(), input: None, output: "choices".into() };
+        let r = read_records(&fixtures.join("mmlu_abstract_algebra_dev.arrow"), &Format::Columns(bad))
+            .expect("read");
+        assert_eq!(r.malformed.len(), 5);
+        assert_eq!(
+            (r.malformed[4].location.as_str(), r.malformed[4].reason.as_str()),
+            ("row 5", "field `choices` is a list, not text")
+        );
+        let g = read_records(&fixtures.join("nested.feather"), &Format::Gsm8k).expect("nested");
+        assert_eq!(
+            g.records[1],
+            Record { instruction: "2+3?".into(), input: String::new(), output: "#### 5".into() }
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod loss;
 pub mod mixture;
 pub mod plot;
 pub mod schedule;
+pub mod tabular;
 pub mod template;
 pub mod trainer;
 

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Bytes, Tensor};
+use burn::tensor::{Bytes, Device, Tensor};
 use idlora_adapter::{AdapterConfig, MethodKind};
 use idlora_cluster::bases_file::BasesFile;
 use idlora_models::adapters::BasesSource;
@@ -111,6 +111,10 @@ pub struct TrainOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// Stop abruptly after this step, saving nothing (simulates a crash in tests).
     pub halt_after: Option<usize>,
+    /// Further (autodiff) devices for data parallelism: each step's micro-batches are spread over
+    /// the model's device and these, computed concurrently, and the gradients summed on the model's
+    /// device. Empty: one device.
+    pub replicas: Vec<Device>,
 }
 
 /// How the run ended.
@@ -161,6 +165,72 @@ fn scalar(t: Tensor<1>, name: &str) -> Result<f64> {
         .try_into_vec::<f32>()
         .map_err(|e| TrainError::Tensor { name: name.into(), message: format!("{e:?}") })?;
     Ok(v.first().copied().unwrap_or(f32::NAN) as f64)
+}
+
+/// Forward and backward of `batches` on `model`, gradients accumulated; the loss of each
+/// micro-batch is divided by `step_targets` so that the sum is the step's mean. Returns the
+/// gradients and the summed negative log-likelihood.
+fn micro_batch_grads(
+    model: &CausalLm,
+    batches: &[&(usize, Batch)],
+    seed: u64,
+    step_targets: usize,
+) -> Result<(GradientsParams, f64)> {
+    let device = model.device();
+    let mut acc = GradientsAccumulator::<CausalLm>::new();
+    let mut nll_total = 0.0;
+    for (g, batch) in batches {
+        device.seed(micro_seed(seed, *g));
+        let nll = nll_sum(model, batch)?;
+        nll_total += scalar(nll.clone().detach(), "loss")?;
+        let grads = nll.div_scalar(step_targets.max(1) as f64).backward();
+        acc.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
+    Ok((acc.grads(), nll_total))
+}
+
+/// [`micro_batch_grads`] spread over the model's device and `replicas` (micro-batch `i` on device
+/// `i mod n`), one thread per device, the gradients moved to the model's device and summed.
+fn data_parallel_grads(
+    model: &CausalLm,
+    replicas: &[Device],
+    batches: &[&(usize, Batch)],
+    seed: u64,
+    step_targets: usize,
+) -> Result<(GradientsParams, f64)> {
+    let main = model.device();
+    let devices: Vec<Device> = std::iter::once(main.clone()).chain(replicas.iter().cloned()).collect();
+    let n = devices.len();
+    let results: Vec<Result<(GradientsParams, f64)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(j, dev)| {
+                let mine: Vec<&(usize, Batch)> = batches.iter().skip(j).step_by(n).copied().collect();
+                let replica = if j == 0 { model.clone() } else { model.clone().fork(dev) };
+                scope.spawn(move || micro_batch_grads(&replica, &mine, seed, step_targets))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TrainError::Tensor {
+                        name: "data-parallel worker".into(),
+                        message: "panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut acc = GradientsAccumulator::<CausalLm>::new();
+    let mut nll_total = 0.0;
+    for r in results {
+        let (grads, nll) = r?;
+        acc.accumulate(model, grads.to_device(&main, model));
+        nll_total += nll;
+    }
+    Ok((acc.grads(), nll_total))
 }
 
 /// The global L2 norm of the gradients of `model`'s trainable parameters.
@@ -491,18 +561,14 @@ pub fn train(
         }
         let step_targets: usize = batches.iter().map(|(_, b)| b.target_count()).sum();
         let step_tokens: usize = batches.iter().map(|(_, b)| b.real_tokens).sum();
-        let mut acc = GradientsAccumulator::<CausalLm>::new();
-        let mut nll_total = 0.0;
-        for (g, batch) in &batches {
-            device.seed(micro_seed(cfg.train.seed, *g));
-            let nll = nll_sum(&model, batch)?;
-            nll_total += scalar(nll.clone().detach(), "loss")?;
-            let grads = nll.div_scalar(step_targets.max(1) as f64).backward();
-            acc.accumulate(&model, GradientsParams::from_grads(grads, &model));
-        }
+        let refs: Vec<&(usize, Batch)> = batches.iter().collect();
+        let (mut grads, nll_total) = if opts.replicas.is_empty() {
+            micro_batch_grads(&model, &refs, cfg.train.seed, step_targets)?
+        } else {
+            data_parallel_grads(&model, &opts.replicas, &refs, cfg.train.seed, step_targets)?
+        };
         let step_no = state.step + 1;
         let loss = nll_total / step_targets.max(1) as f64;
-        let mut grads = acc.grads();
         let norm = grad_norm(&model, &grads)?;
         if !loss.is_finite() || !norm.is_finite() {
             return Err(TrainError::NonFinite {

@@ -344,3 +344,26 @@ fn shipped_configs_are_valid_and_carry_the_papers_settings() {
     }
     assert_eq!(paper, 8);
 }
+
+#[test]
+fn data_parallel_over_two_replicas_matches_one_device() {
+    let _serial = serial();
+    let fx = Fixture::new();
+    // Two micro-batches per step: one per replica. No dropout, so both runs see the same numbers.
+    let extra = ["train.max_steps=4"];
+    let one = train(
+        &fx.config("lora", "one", &extra),
+        model(),
+        &fx.tokenizer(),
+        &TrainOptions::default(),
+        &Capture::default(),
+    )
+    .expect("one device");
+    let opts = TrainOptions { replicas: vec![Device::flex().autodiff()], ..Default::default() };
+    let two = train(&fx.config("lora", "two", &extra), model(), &fx.tokenizer(), &opts, &Capture::default())
+        .expect("two replicas");
+    assert_eq!(one.losses.len(), 4);
+    for ((s, a), (_, b)) in one.losses.iter().zip(&two.losses) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "step {s}: {a} (one device) vs {b} (two replicas)");
+    }
+}
