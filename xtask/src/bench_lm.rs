@@ -31,7 +31,8 @@ pub struct LmArgs {
     out: Option<PathBuf>,
 }
 
-fn peak_rss_mb() -> f64 {
+/// This process's peak resident memory (Linux `VmHWM`), in MB; NaN elsewhere.
+pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))

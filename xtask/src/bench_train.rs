@@ -23,6 +23,7 @@ use idlora_train::loss::nll_sum;
 use idlora_train::template::Example;
 use rand::{RngExt, SeedableRng};
 
+use crate::bench_lm::peak_rss_mb;
 use crate::paths;
 
 /// Arguments of `cargo xtask bench train`.
@@ -53,14 +54,6 @@ const CONFIGS: [(&str, &str); 3] = [
     ("lora-128", "LoRA r=128, q,o,gate,up,down"),
     ("idlora-128", "ID-LoRA r=128 k=4, q,o,gate,up,down"),
 ];
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn token_ids(batch: usize, seq: usize, vocab: usize) -> Vec<u32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
