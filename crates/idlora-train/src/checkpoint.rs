@@ -83,9 +83,21 @@ pub struct ParamInfo {
     pub trainable: bool,
 }
 
+/// Walks the float parameters with their paths; with `with_data`, also copies the trainable ones
+/// to the host.
 struct Lister {
     path: PathStack,
-    out: Vec<ParamInfo>,
+    with_data: bool,
+    out: Vec<(ParamInfo, Option<Vec<f32>>)>,
+    error: Option<(String, String)>,
+}
+
+impl Lister {
+    fn run(model: &CausalLm, with_data: bool) -> Self {
+        let mut l = Lister { path: PathStack::default(), with_data, out: Vec::new(), error: None };
+        model.visit(&mut l);
+        l
+    }
 }
 
 impl ModuleVisitor for Lister {
@@ -97,20 +109,30 @@ impl ModuleVisitor for Lister {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let t = param.val();
-        self.out.push(ParamInfo {
+        let info = ParamInfo {
             path: self.path.join(),
             id: param.id,
             shape: t.dims().to_vec(),
             trainable: t.is_require_grad(),
-        });
+        };
+        let data = if self.with_data && info.trainable {
+            match t.into_data().try_into_vec::<f32>() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.error = Some((info.path.clone(), format!("{e:?}")));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.out.push((info, data));
     }
 }
 
 /// Every float parameter of `model`, in module order.
 pub fn params(model: &CausalLm) -> Vec<ParamInfo> {
-    let mut l = Lister { path: PathStack::default(), out: Vec::new() };
-    model.visit(&mut l);
-    l.out
+    Lister::run(model, false).out.into_iter().map(|(info, _)| info).collect()
 }
 
 /// Trainable parameters of `model` (the tensors that receive gradients), counted.
@@ -142,35 +164,11 @@ pub fn with_stable_ids(model: CausalLm) -> CausalLm {
 
 /// The trainable tensors as host data, by path.
 pub fn trainable_tensors(model: &CausalLm) -> Result<Vec<NamedTensor>> {
-    struct Collect {
-        path: PathStack,
-        out: Vec<(String, Vec<usize>, Vec<f32>)>,
-        error: Option<(String, String)>,
+    let l = Lister::run(model, true);
+    if let Some((name, message)) = l.error {
+        return Err(TrainError::Tensor { name, message });
     }
-    impl ModuleVisitor for Collect {
-        fn enter_module(&mut self, name: &str, container: &str) {
-            self.path.enter(name, container);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let t = param.val();
-            if t.is_require_grad() {
-                let shape = t.dims().to_vec();
-                match t.into_data().try_into_vec::<f32>() {
-                    Ok(data) => self.out.push((self.path.join(), shape, data)),
-                    Err(e) => self.error = Some((self.path.join(), format!("{e:?}"))),
-                }
-            }
-        }
-    }
-    let mut c = Collect { path: PathStack::default(), out: Vec::new(), error: None };
-    model.visit(&mut c);
-    match c.error {
-        Some((name, message)) => Err(TrainError::Tensor { name, message }),
-        None => Ok(c.out),
-    }
+    Ok(l.out.into_iter().filter_map(|(info, data)| Some((info.path, info.shape, data?))).collect())
 }
 
 /// Replaces the trainable tensors of `model` with the ones in `tensors` (by path). Every trainable
@@ -269,13 +267,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         "{}.partial",
         path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
     ));
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
+    write_synced(&tmp, bytes)?;
     std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Creates `path` with `bytes` and waits until they are on disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
 }
 
 /// The checkpoint folder of `step` under `run`.
@@ -302,13 +303,7 @@ pub fn save_checkpoint(run: &Path, files: &CheckpointFiles, keep: usize) -> Resu
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let write = |name: &str, bytes: &[u8]| -> Result<()> {
-        use std::io::Write;
-        let p = tmp.join(name);
-        let mut f = std::fs::File::create(&p).map_err(io(&p))?;
-        f.write_all(bytes).map_err(io(&p))?;
-        f.sync_all().map_err(io(&p))
-    };
+    let write = |name: &str, bytes: &[u8]| write_synced(&tmp.join(name), bytes);
     write("trainable.safetensors", &files.trainable)?;
     write("optimizer.bpk", &files.optimizer)?;
     let state = serde_json::to_vec_pretty(&files.state)

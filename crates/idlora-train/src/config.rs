@@ -359,10 +359,9 @@ impl TrainConfig {
     /// Parses TOML `text` (`source` names it in messages), applies `overrides`, and validates.
     pub fn from_toml(text: &str, source: &str, overrides: &[String]) -> Result<Self> {
         let parse_err = |message: String| TrainError::ConfigFile { path: source.to_string(), message };
-        // Parse once straight into the struct for messages with line and column...
-        let direct: std::result::Result<TrainConfig, _> = toml::from_str(text);
+        // Without overrides, straight into the struct: messages carry line and column...
         if overrides.is_empty() {
-            let cfg = direct.map_err(|e| parse_err(e.to_string()))?;
+            let cfg: TrainConfig = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
             cfg.validate()?;
             return Ok(cfg);
         }

@@ -59,14 +59,7 @@ pub struct SourceRecords {
 pub fn read_records(path: &Path, format: &Format) -> Result<SourceRecords> {
     let data_err = |message: String| TrainError::Data { path: path.to_path_buf(), message };
     let mut items: Vec<(String, std::result::Result<Value, String>)> = Vec::new();
-    let mut magic = [0u8; 6];
-    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut magic)).map_err(io(path))?;
-    let magic = &magic[..n];
-    if magic.starts_with(b"PAR1")
-        || magic.starts_with(b"ARROW1")
-        || magic.starts_with(&[0xff, 0xff, 0xff, 0xff])
-    {
-        let rows = crate::tabular::read_rows(path).map_err(data_err)?;
+    if let Some(rows) = crate::tabular::read_rows(path).map_err(data_err)? {
         items.extend(rows.into_iter().enumerate().map(|(i, v)| (format!("row {}", i + 1), Ok(v))));
         return finish(path, items, format);
     }

@@ -1,6 +1,6 @@
 //! The training loss: mean cross-entropy over response tokens. Logits are computed only at the
 //! positions that have a target, which skips the vocabulary projection for prompt tokens and
-//! padding (on SmolLM2 the head is a quarter of the model's parameters).
+//! padding (on SmolLM2 the tied head is a fifth of the model's parameters).
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};

@@ -10,28 +10,32 @@ use arrow_array::RecordBatch;
 use arrow_schema::ArrowError;
 use serde_json::Value;
 
-/// Every row of the Parquet or Arrow file at `path`, as a JSON object. Errors are messages for
-/// [`crate::TrainError::Data`].
-pub fn read_rows(path: &Path) -> Result<Vec<Value>, String> {
+/// Every row of the Parquet or Arrow file at `path`, as a JSON object; `None` when the file is
+/// neither (by its first bytes: `PAR1`, `ARROW1`, or an IPC stream's continuation marker). Errors
+/// are messages for [`crate::TrainError::Data`].
+pub fn read_rows(path: &Path) -> Result<Option<Vec<Value>>, String> {
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     let mut magic = [0u8; 6];
     let n = file.read(&mut magic).map_err(|e| e.to_string())?;
+    let magic = &magic[..n];
+    if !(magic.starts_with(b"PAR1") || magic.starts_with(b"ARROW1") || magic.starts_with(&[0xff; 4])) {
+        return Ok(None);
+    }
     file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-    let batches: Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>>> =
-        if magic[..n].starts_with(b"PAR1") {
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.build())
-                .map_err(|e| format!("not a readable Parquet file: {e}"))?;
-            Box::new(reader)
-        } else if magic[..n].starts_with(b"ARROW1") {
-            let reader = arrow_ipc::reader::FileReader::try_new(file, None)
-                .map_err(|e| format!("not a readable Arrow IPC file: {e}"))?;
-            Box::new(reader)
-        } else {
-            let reader = arrow_ipc::reader::StreamReader::try_new(file, None)
-                .map_err(|e| format!("not a readable Arrow IPC stream: {e}"))?;
-            Box::new(reader)
-        };
+    let batches: Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>>> = if magic.starts_with(b"PAR1") {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| format!("not a readable Parquet file: {e}"))?;
+        Box::new(reader)
+    } else if magic.starts_with(b"ARROW1") {
+        let reader = arrow_ipc::reader::FileReader::try_new(file, None)
+            .map_err(|e| format!("not a readable Arrow IPC file: {e}"))?;
+        Box::new(reader)
+    } else {
+        let reader = arrow_ipc::reader::StreamReader::try_new(file, None)
+            .map_err(|e| format!("not a readable Arrow IPC stream: {e}"))?;
+        Box::new(reader)
+    };
     let mut rows = Vec::new();
     for (i, batch) in batches.enumerate() {
         let batch = batch.map_err(|e| format!("record batch {}: {e}", i + 1))?;
@@ -45,7 +49,7 @@ pub fn read_rows(path: &Path) -> Result<Vec<Value>, String> {
             .map_err(|e| format!("record batch {} as JSON: {e}", i + 1))?;
         rows.extend(values);
     }
-    Ok(rows)
+    Ok(Some(rows))
 }
 
 #[cfg(test)]
@@ -66,9 +70,13 @@ mod tests {
     fn hugging_face_stream_parquet_and_ipc_file_match_pyarrow() {
         let want = expected("mmlu");
         assert_eq!(want.len(), 5);
-        assert_eq!(read_rows(&fixture("mmlu_abstract_algebra_dev.arrow")).expect("stream"), want);
-        assert_eq!(read_rows(&fixture("mmlu_abstract_algebra_dev.parquet")).expect("parquet"), want);
-        assert_eq!(read_rows(&fixture("nested.feather")).expect("ipc file"), expected("nested"));
+        assert_eq!(
+            read_rows(&fixture("mmlu_abstract_algebra_dev.arrow")).expect("stream"),
+            Some(want.clone())
+        );
+        assert_eq!(read_rows(&fixture("mmlu_abstract_algebra_dev.parquet")).expect("parquet"), Some(want));
+        assert_eq!(read_rows(&fixture("nested.feather")).expect("ipc file"), Some(expected("nested")));
+        assert_eq!(read_rows(&fixture("expected.json")).expect("text"), None);
     }
 
     #[test]
