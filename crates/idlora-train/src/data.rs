@@ -54,14 +54,19 @@ pub struct SourceRecords {
     pub malformed: Vec<Malformed>,
 }
 
-/// Reads every record of `path` in `format`. A file that is not JSON / JSONL at all is an error; a
-/// bad record is listed in [`SourceRecords::malformed`].
-pub fn read_records(path: &Path, format: &Format) -> Result<SourceRecords> {
+/// One row of a data file, before any field is read: where it is (`line 7`, `record 3`, `row 12`,
+/// 1-based) and its JSON value, or why the line is not JSON.
+pub type RawRow = (String, std::result::Result<Value, String>);
+
+/// Every row of a JSON array, JSONL (optionally `.gz`), Parquet or Arrow IPC file, as JSON values
+/// with their locations: the reader shared by training data and benchmark data. A file that is
+/// none of these is an error naming it; a JSONL line that is not JSON is kept as an `Err` row.
+pub fn read_rows(path: &Path) -> Result<Vec<RawRow>> {
     let data_err = |message: String| TrainError::Data { path: path.to_path_buf(), message };
-    let mut items: Vec<(String, std::result::Result<Value, String>)> = Vec::new();
+    let mut items: Vec<RawRow> = Vec::new();
     if let Some(rows) = crate::tabular::read_rows(path).map_err(data_err)? {
         items.extend(rows.into_iter().enumerate().map(|(i, v)| (format!("row {}", i + 1), Ok(v))));
-        return finish(path, items, format);
+        return Ok(items);
     }
     let text = read_text(path)?;
     if text.trim_start().starts_with('[') {
@@ -77,14 +82,16 @@ pub fn read_records(path: &Path, format: &Format) -> Result<SourceRecords> {
             items.push((format!("line {}", i + 1), parsed));
         }
     }
-    finish(path, items, format)
+    Ok(items)
 }
 
-fn finish(
-    path: &Path,
-    items: Vec<(String, std::result::Result<Value, String>)>,
-    format: &Format,
-) -> Result<SourceRecords> {
+/// Reads every record of `path` in `format`. A file that is not JSON / JSONL at all is an error; a
+/// bad record is listed in [`SourceRecords::malformed`].
+pub fn read_records(path: &Path, format: &Format) -> Result<SourceRecords> {
+    finish(path, read_rows(path)?, format)
+}
+
+fn finish(path: &Path, items: Vec<RawRow>, format: &Format) -> Result<SourceRecords> {
     let data_err = |message: String| TrainError::Data { path: path.to_path_buf(), message };
     if items.is_empty() {
         return Err(data_err("holds no record".into()));

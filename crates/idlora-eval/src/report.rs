@@ -1,0 +1,155 @@
+//! Result files and tables: one JSON file per evaluation run, a Markdown table of it, and a
+//! comparison table of several runs (methods as rows, benchmarks as columns, as in the paper's
+//! Tables 1-2).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EvalError, Result, data_err};
+use crate::task::TaskResult;
+
+/// One evaluation run: a model (and adapter) on some benchmarks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Row label in comparison tables (the method, e.g. `ID-LoRA r=32`, or `base`).
+    pub label: String,
+    /// The model path.
+    pub model: String,
+    /// The adapter folder, if any.
+    pub adapter: Option<String>,
+    /// The device it ran on.
+    pub device: String,
+    /// Seconds since the Unix epoch when it finished.
+    pub finished_unix: u64,
+    /// Per benchmark.
+    pub tasks: Vec<TaskResult>,
+}
+
+/// Column titles of the benchmarks, in the paper's order.
+const ORDER: [(&str, &str); 6] = [
+    ("mmlu", "MMLU"),
+    ("cqa", "CSQA"),
+    ("gsm8k", "GSM8K"),
+    ("humaneval", "HumanEval"),
+    ("hexphi", "HEx-PHI refusal"),
+    ("humaneval-canonical", "HumanEval canonical"),
+];
+
+fn title(task: &str) -> String {
+    ORDER.iter().find(|(t, _)| *t == task).map_or_else(|| task.to_string(), |(_, n)| n.to_string())
+}
+
+fn rank(task: &str) -> usize {
+    ORDER.iter().position(|(t, _)| *t == task).unwrap_or(ORDER.len())
+}
+
+impl EvalReport {
+    /// Writes the report as pretty JSON, atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| EvalError::Settings(e.to_string()))?;
+        write_atomically(path, &text)
+    }
+
+    /// Reads a report written by [`EvalReport::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| EvalError::Io { path: path.to_path_buf(), source })?;
+        serde_json::from_str(&text)
+            .map_err(|e| data_err(path, format!("not an idlora evaluation report: {e}")))
+    }
+
+    /// A Markdown table of this run: benchmark, metric, score, n, seconds.
+    pub fn markdown(&self) -> String {
+        let mut s = format!("Model: `{}`", self.model);
+        if let Some(a) = &self.adapter {
+            s.push_str(&format!(", adapter: `{a}`"));
+        }
+        s.push_str(&format!(" ({}; device: {})\n\n", self.label, self.device));
+        s.push_str("| benchmark | metric | score (%) | n | seconds |\n|---|---|---|---|---|\n");
+        let mut tasks: Vec<&TaskResult> = self.tasks.iter().collect();
+        tasks.sort_by_key(|t| rank(&t.task));
+        for t in tasks {
+            let extra: Vec<String> = t
+                .metrics
+                .iter()
+                .filter(|(k, _)| *k != &t.metric && !k.contains('/'))
+                .map(|(k, v)| format!("{k} {v:.1}"))
+                .collect();
+            let metric = if extra.is_empty() {
+                t.metric.clone()
+            } else {
+                format!("{} ({})", t.metric, extra.join(", "))
+            };
+            s.push_str(&format!(
+                "| {} | {} | {:.1} | {} | {:.0} |\n",
+                title(&t.task),
+                metric,
+                t.score,
+                t.n,
+                t.seconds
+            ));
+        }
+        s
+    }
+}
+
+/// A comparison table: one row per report (its label), one column per benchmark found in any of
+/// them (paper order), the main metric in percent, and the average over the columns a row has.
+///
+/// ```
+/// use idlora_eval::report::{EvalReport, comparison_table};
+/// use idlora_eval::task::TaskResult;
+/// let task = |name: &str, score: f64| TaskResult { task: name.into(), metric: "accuracy".into(), score,
+///     n: 10, metrics: Default::default(), settings: serde_json::Value::Null, records: vec![], seconds: 1.0 };
+/// let run = |label: &str, a: f64, b: f64| EvalReport { label: label.into(), model: "m".into(), adapter: None,
+///     device: "cpu".into(), finished_unix: 0, tasks: vec![task("gsm8k", a), task("mmlu", b)] };
+/// let table = comparison_table(&[run("LoRA", 40.0, 60.0), run("ID-LoRA", 42.0, 61.0)]);
+/// assert!(table.contains("| ID-LoRA | 61.0 | 42.0 | 51.5 |"));
+/// ```
+pub fn comparison_table(reports: &[EvalReport]) -> String {
+    let mut columns: Vec<String> =
+        reports.iter().flat_map(|r| r.tasks.iter().map(|t| t.task.clone())).collect();
+    columns.sort_by_key(|t| (rank(t), t.clone()));
+    columns.dedup();
+    let mut s = String::from("| method |");
+    for c in &columns {
+        s.push_str(&format!(" {} |", title(c)));
+    }
+    s.push_str(" Avg. |\n|---|");
+    s.push_str(&"---|".repeat(columns.len() + 1));
+    s.push('\n');
+    for r in reports {
+        s.push_str(&format!("| {} |", r.label));
+        let mut sum = 0.0;
+        let mut count = 0;
+        for c in &columns {
+            match r.tasks.iter().find(|t| &t.task == c) {
+                Some(t) => {
+                    s.push_str(&format!(" {:.1} |", t.score));
+                    sum += t.score;
+                    count += 1;
+                }
+                None => s.push_str(" - |"),
+            }
+        }
+        if count > 0 {
+            s.push_str(&format!(" {:.1} |\n", sum / count as f64));
+        } else {
+            s.push_str(" - |\n");
+        }
+    }
+    s
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so that a crash never leaves a
+/// half-written file.
+pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|source| EvalError::Io { path: parent.to_path_buf(), source })?;
+    }
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, text).map_err(|source| EvalError::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })
+}
