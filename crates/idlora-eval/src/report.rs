@@ -94,8 +94,10 @@ impl EvalReport {
     }
 }
 
-/// A comparison table: one row per report (its label), one column per benchmark found in any of
-/// them (paper order), the main metric in percent, and the average over the columns a row has.
+/// A comparison table: one row per label (reports with the same label, such as two runs of one
+/// adapter on different benchmarks, share a row; a benchmark in both takes the later report's),
+/// one column per benchmark found in any of them (paper order), the main metric in percent, and
+/// the average over the columns a row has.
 ///
 /// ```
 /// use idlora_eval::report::{EvalReport, comparison_table};
@@ -104,8 +106,11 @@ impl EvalReport {
 ///     n: 10, metrics: Default::default(), settings: serde_json::Value::Null, records: vec![], seconds: 1.0 };
 /// let run = |label: &str, a: f64, b: f64| EvalReport { label: label.into(), model: "m".into(), adapter: None,
 ///     device: "cpu".into(), finished_unix: 0, tasks: vec![task("gsm8k", a), task("mmlu", b)] };
-/// let table = comparison_table(&[run("LoRA", 40.0, 60.0), run("ID-LoRA", 42.0, 61.0)]);
-/// assert!(table.contains("| ID-LoRA | 61.0 | 42.0 | 51.5 |"));
+/// let mut cqa = run("LoRA", 0.0, 0.0);
+/// cqa.tasks = vec![task("cqa", 30.0)];
+/// let table = comparison_table(&[run("LoRA", 40.0, 60.0), run("ID-LoRA", 42.0, 61.0), cqa]);
+/// assert!(table.contains("| LoRA | 60.0 | 30.0 | 40.0 | 43.3 |"), "{table}");
+/// assert!(table.contains("| ID-LoRA | 61.0 | - | 42.0 | 51.5 |"), "{table}");
 /// ```
 pub fn comparison_table(reports: &[EvalReport]) -> String {
     let mut columns: Vec<String> =
@@ -119,12 +124,23 @@ pub fn comparison_table(reports: &[EvalReport]) -> String {
     s.push_str(" Avg. |\n|---|");
     s.push_str(&"---|".repeat(columns.len() + 1));
     s.push('\n');
+    let mut labels: Vec<&str> = Vec::new();
     for r in reports {
-        s.push_str(&format!("| {} |", r.label));
+        if !labels.contains(&r.label.as_str()) {
+            labels.push(&r.label);
+        }
+    }
+    for label in labels {
+        s.push_str(&format!("| {label} |"));
         let mut sum = 0.0;
         let mut count = 0;
         for c in &columns {
-            match r.tasks.iter().find(|t| &t.task == c) {
+            let found = reports
+                .iter()
+                .rev()
+                .filter(|r| r.label == label)
+                .find_map(|r| r.tasks.iter().find(|t| &t.task == c));
+            match found {
                 Some(t) => {
                     s.push_str(&format!(" {:.1} |", t.score));
                     sum += t.score;
