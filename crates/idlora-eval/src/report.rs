@@ -59,14 +59,16 @@ impl EvalReport {
             .map_err(|e| data_err(path, format!("not an idlora evaluation report: {e}")))
     }
 
-    /// A Markdown table of this run: benchmark, metric, score, n, seconds.
+    /// Markdown of this run: its row in the paper's layout (benchmarks as columns), then a table of
+    /// benchmark, metric (and the other metrics), score, n, seconds.
     pub fn markdown(&self) -> String {
         let mut s = format!("Model: `{}`", self.model);
         if let Some(a) = &self.adapter {
             s.push_str(&format!(", adapter: `{a}`"));
         }
         s.push_str(&format!(" ({}; device: {})\n\n", self.label, self.device));
-        s.push_str("| benchmark | metric | score (%) | n | seconds |\n|---|---|---|---|---|\n");
+        s.push_str(&comparison_table(std::slice::from_ref(self)));
+        s.push_str("\n| benchmark | metric | score (%) | n | seconds |\n|---|---|---|---|---|\n");
         let mut tasks: Vec<&TaskResult> = self.tasks.iter().collect();
         tasks.sort_by_key(|t| rank(&t.task));
         for t in tasks {
@@ -168,4 +170,43 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("partial");
     std::fs::write(&tmp, text).map_err(|source| EvalError::Io { path: tmp.clone(), source })?;
     std::fs::rename(&tmp, path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_loads_and_renders() {
+        let task = TaskResult {
+            task: "mmlu".into(),
+            metric: "macro_accuracy".into(),
+            score: 32.9,
+            n: 228,
+            metrics: [("macro_accuracy".to_string(), 32.9), ("accuracy".to_string(), 33.0)].into(),
+            settings: serde_json::json!({"shots": 5}),
+            records: vec![serde_json::json!({"id": "a/1", "correct": true})],
+            seconds: 625.0,
+        };
+        let report = EvalReport {
+            label: "base".into(),
+            model: "m.gguf".into(),
+            adapter: None,
+            device: "cpu".into(),
+            finished_unix: 1,
+            tasks: vec![task],
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("runs/x/results.json");
+        report.save(&path).expect("save");
+        assert!(!path.with_extension("partial").exists());
+        let back = EvalReport::load(&path).expect("load");
+        assert_eq!(back.tasks[0].records, report.tasks[0].records);
+        let md = back.markdown();
+        assert!(md.contains("| base | 32.9 | 32.9 |"), "{md}");
+        assert!(md.contains("| MMLU | macro_accuracy (accuracy 33.0) | 32.9 | 228 | 625 |"), "{md}");
+        std::fs::write(&path, "{}").expect("write");
+        let err = EvalReport::load(&path).expect_err("not a report");
+        assert!(err.to_string().contains("results.json"), "{err}");
+    }
 }
