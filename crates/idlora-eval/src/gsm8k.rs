@@ -12,7 +12,9 @@ use idlora_models::{CausalLm, Tokenizer};
 use serde_json::{Value, json};
 
 use crate::error::{Result, data_err};
-use crate::task::{EvalSettings, Progress, TaskResult, generate_all, limited, percent, render, sampling_for};
+use crate::task::{
+    EvalSettings, Progress, TaskResult, generate_all, limited, percent, render, sampling_for, with_sampling,
+};
 
 /// The numbers in `text`, in order, normalised. A number is an optional `-`, digits (commas
 /// allowed before groups of three digits) and an optional decimal part.
@@ -274,17 +276,15 @@ pub fn run(
         score: acc,
         n: problems.len(),
         metrics: BTreeMap::from([("accuracy".to_string(), acc)]),
-        settings: json!({
-            "data": data.path,
-            "shots": shots,
-            "chat": chat,
-            "protocol": "generate until a stop string; answer = number after ####, else after 'the answer is', else the last number; exact match",
-            "stop_strings": sampling.stop_strings,
-            "max_new_tokens": sampling.max_new_tokens,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "seed": sampling.seed,
-        }),
+        settings: with_sampling(
+            json!({
+                "data": data.path,
+                "shots": shots,
+                "chat": chat,
+                "protocol": "generate until a stop string; answer = number after ####, else after 'the answer is', else the last number; exact match",
+            }),
+            &sampling,
+        ),
         records,
         seconds: start.elapsed().as_secs_f64(),
     })

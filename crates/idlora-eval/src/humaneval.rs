@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use crate::error::{EvalError, Result, data_err};
 use crate::passk::mean_pass_at_k;
 use crate::sandbox::{Execution, Sandbox, Verdict};
-use crate::task::{EvalSettings, Progress, TaskResult, generate_all, limited, percent, sampling_for};
+use crate::task::{
+    EvalSettings, Progress, TaskResult, generate_all, limited, percent, sampling_for, with_sampling,
+};
 
 /// One problem.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,14 +207,9 @@ pub fn run(
         metrics.insert(format!("pass@{k}"), 100.0 * mean_pass_at_k(&per_task, k));
     }
     let score = metrics.get("pass@1").copied().unwrap_or(0.0);
-    let mut s = sandbox_settings(sandbox, &data.path);
+    let mut s = with_sampling(sandbox_settings(sandbox, &data.path), &sampling);
     if let Value::Object(m) = &mut s {
         m.insert("samples".into(), json!(n));
-        m.insert("max_new_tokens".into(), json!(sampling.max_new_tokens));
-        m.insert("temperature".into(), json!(sampling.temperature));
-        m.insert("top_p".into(), json!(sampling.top_p));
-        m.insert("seed".into(), json!(sampling.seed));
-        m.insert("stop_strings".into(), json!(sampling.stop_strings));
         m.insert(
             "protocol".into(),
             json!("complete the prompt, run prompt + completion + tests, unbiased pass@k"),

@@ -115,6 +115,19 @@ pub fn sampling_for(settings: &EvalSettings, default_max_new: usize, stops: &[&s
     s
 }
 
+/// `settings` (a JSON object) with the generation settings of `sampling` added, for result files.
+pub fn with_sampling(mut settings: Value, sampling: &SamplingConfig) -> Value {
+    if let Value::Object(m) = &mut settings {
+        m.insert("max_new_tokens".into(), sampling.max_new_tokens.into());
+        m.insert("temperature".into(), sampling.temperature.into());
+        m.insert("top_k".into(), sampling.top_k.into());
+        m.insert("top_p".into(), sampling.top_p.into());
+        m.insert("seed".into(), sampling.seed.into());
+        m.insert("stop_strings".into(), sampling.stop_strings.clone().into());
+    }
+    settings
+}
+
 /// Generates a continuation of every prompt, `batch` prompts at a time (sorted by length so that
 /// a batch wastes little padding), returned in the prompts' order. Each batch's sampler is seeded
 /// from `sampling.seed` and the batch's first prompt index, so results do not depend on timing.
