@@ -16,7 +16,7 @@ use idlora_models::adapters::BasesSource;
 use idlora_models::{CausalLm, ForwardInput, KvCache};
 use serde::{Deserialize, Serialize};
 
-use crate::bench_lm::peak_rss_mb;
+use crate::bench_lm::{median, peak_rss_mb};
 use crate::device::{DeviceChoice, pick};
 use crate::paths;
 
@@ -72,11 +72,6 @@ fn method_config(name: &str, rank: usize) -> Result<Option<(MethodConfig, bool)>
         "lora-merged" => Some((MethodConfig::new(MethodKind::Lora, rank), true)),
         other => Some((MethodConfig::new(other.parse::<MethodKind>()?, rank), false)),
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -186,7 +181,7 @@ pub fn run(args: EfficiencyArgs) -> Result<()> {
     let table = render(&args, &rows);
     println!("{table}");
     if let Some(out) = &args.out {
-        idlora_eval::report::write_atomically(out, &table)?;
+        idlora_train::checkpoint::write_atomic(out, table.as_bytes())?;
         println!("written to {}", out.display());
     }
     Ok(())

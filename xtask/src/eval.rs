@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use idlora_eval::report::{EvalReport, comparison_table, write_atomically};
+use idlora_eval::report::{EvalReport, comparison_table};
 use idlora_eval::sandbox::{Sandbox, SandboxConfig};
 use idlora_eval::task::{ChoiceFormat, EvalSettings, TaskResult};
 use idlora_eval::{cqa, gsm8k, hexphi, humaneval, mmlu};
 use idlora_models::SamplingConfig;
+use idlora_train::checkpoint::write_atomic;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::lm::{Loaded, ModelArgs};
@@ -144,7 +145,7 @@ fn combine(args: CombineArgs) -> Result<()> {
     let table = comparison_table(&reports);
     println!("{table}");
     if let Some(out) = &args.out {
-        write_atomically(out, &table)?;
+        write_atomic(out, table.as_bytes())?;
         println!("written to {}", out.display());
     }
     Ok(())
@@ -298,7 +299,7 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
         // Written after every benchmark: an interruption loses at most the one running.
         report.finished_unix = unix_now();
         report.save(&out.join("results.json"))?;
-        write_atomically(&out.join("results.md"), &report.markdown())?;
+        write_atomic(&out.join("results.md"), report.markdown().as_bytes())?;
     }
     println!("{}", report.markdown());
     println!("results: {}", out.join("results.json").display());

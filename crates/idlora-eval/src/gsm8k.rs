@@ -244,10 +244,10 @@ pub fn run(
         ));
     }
     let chat = settings.chat.unwrap_or(false);
-    let problems = limited(data.problems.clone(), settings.limit);
+    let problems = limited(&data.problems, settings.limit);
     let exemplars = &data.exemplars[..shots];
     let mut prompts = Vec::with_capacity(problems.len());
-    for p in &problems {
+    for p in problems {
         prompts.push(tokenizer.encode(&render(tokenizer, &prompt(exemplars, &p.question), chat)?)?);
     }
     // Without the chat template the model continues the few-shot pattern: the next `Question:`

@@ -154,9 +154,9 @@ pub fn run(
 ) -> Result<TaskResult> {
     let start = Instant::now();
     let chat = settings.chat.unwrap_or(true);
-    let items = limited(data.instructions.clone(), settings.limit);
+    let items = limited(&data.instructions, settings.limit);
     let mut prompts = Vec::with_capacity(items.len());
-    for it in &items {
+    for it in items {
         prompts.push(tokenizer.encode(&render(tokenizer, &it.text, chat)?)?);
     }
     let sampling = sampling_for(settings, 128, &[]);

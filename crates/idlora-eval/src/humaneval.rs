@@ -119,10 +119,10 @@ pub fn check_canonical(
     progress: Progress,
 ) -> Result<TaskResult> {
     let start = Instant::now();
-    let problems = limited(data.problems.clone(), settings.limit);
+    let problems = limited(&data.problems, settings.limit);
     let jobs: Vec<(usize, String)> =
         problems.iter().enumerate().map(|(i, p)| (i, p.canonical_solution.clone())).collect();
-    let runs = execute_all(sandbox, &problems, &jobs, threads, progress)?;
+    let runs = execute_all(sandbox, problems, &jobs, threads, progress)?;
     let passed = runs.iter().filter(|r| r.verdict == Verdict::Passed).count();
     let records = problems
         .iter()
@@ -170,7 +170,7 @@ pub fn run(
             "{n} samples per problem need a temperature above 0 (greedy decoding gives {n} identical samples)"
         )));
     }
-    let problems = limited(data.problems.clone(), settings.limit);
+    let problems = limited(&data.problems, settings.limit);
     let sampling = sampling_for(settings, 384, &STOP_SEQUENCES);
     let mut prompts = Vec::with_capacity(problems.len() * n);
     let mut owner = Vec::with_capacity(problems.len() * n);
@@ -188,7 +188,7 @@ pub fn run(
     let jobs: Vec<(usize, String)> = owner.iter().zip(&gens).map(|(&i, g)| (i, g.text.clone())).collect();
     let exec_progress = |d: usize, t: usize| progress(total * 9 + d * total / t.max(1), total * 10);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runs = execute_all(sandbox, &problems, &jobs, threads, &exec_progress)?;
+    let runs = execute_all(sandbox, problems, &jobs, threads, &exec_progress)?;
     let mut per_task = vec![(n, 0usize); problems.len()];
     let mut records = Vec::with_capacity(jobs.len());
     for ((&i, (_, completion)), r) in owner.iter().zip(&jobs).zip(&runs) {

@@ -62,7 +62,7 @@ pub fn score_continuations(
         })
         .collect();
     let rest = continuations.iter().map(|c| c.len() - 1).max().unwrap_or(0);
-    if rest == 0 || n == 0 {
+    if rest == 0 {
         return Ok(scores);
     }
     // One cache row per continuation, then every continuation but its last token as a right-padded

@@ -48,7 +48,7 @@ impl EvalReport {
     /// Writes the report as pretty JSON, atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(|e| EvalError::Settings(e.to_string()))?;
-        write_atomically(path, &text)
+        Ok(idlora_train::checkpoint::write_atomic(path, text.as_bytes())?)
     }
 
     /// Reads a report written by [`EvalReport::save`].
@@ -160,18 +160,6 @@ pub fn comparison_table(reports: &[EvalReport]) -> String {
     s
 }
 
-/// Writes `text` to `path` through a temporary file and a rename, so that a crash never leaves a
-/// half-written file.
-pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|source| EvalError::Io { path: parent.to_path_buf(), source })?;
-    }
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, text).map_err(|source| EvalError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,7 +187,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("runs/x/results.json");
         report.save(&path).expect("save");
-        assert!(!path.with_extension("partial").exists());
+        assert!(!path.with_extension("json.partial").exists() && path.is_file());
         let back = EvalReport::load(&path).expect("load");
         assert_eq!(back.tasks[0].records, report.tasks[0].records);
         let md = back.markdown();

@@ -217,9 +217,6 @@ pub fn percent(part: usize, whole: usize) -> f64 {
 }
 
 /// The first `limit` of `items`.
-pub fn limited<T>(mut items: Vec<T>, limit: Option<usize>) -> Vec<T> {
-    if let Some(l) = limit {
-        items.truncate(l);
-    }
-    items
+pub fn limited<T>(items: &[T], limit: Option<usize>) -> &[T] {
+    &items[..limit.map_or(items.len(), |l| l.min(items.len()))]
 }
