@@ -4,6 +4,11 @@
 //! The dot products run in `f32` through `matrixmultiply`'s packed kernels; the norms and the
 //! assembly run in `f64`. Rows are split into fixed chunks computed in parallel: each row's result
 //! depends only on that row, so the output is bit-identical whatever the number of threads.
+//!
+//! Each entry is also independent of which *other* centres share the call (the GEMM accumulates
+//! every `(row, centre)` pair over the depth in the same blocked order wherever the centre sits in
+//! the batch; a test pins this). k-means relies on it: all restarts share one pass over the data,
+//! and a restart's trajectory must not depend on the restarts beside it.
 
 use rayon::prelude::*;
 
@@ -45,11 +50,7 @@ pub fn sq_distances(x: RowMatrix<'_>, x_norms: &[f64], centers: &[f32]) -> Vec<f
         let rows = out.len() / m;
         let mut dots = vec![0.0f32; rows * m];
         let a = &x.data()[r0 * d..(r0 + rows) * d];
-        if m <= SMALL_M {
-            small_m_dots(a, d, centers, &mut dots);
-        } else {
-            gemm_dots(a, rows, d, centers, m, &mut dots);
-        }
+        gemm_dots(a, rows, d, centers, m, &mut dots);
         for (r, (o, dot)) in out.chunks_exact_mut(m).zip(dots.chunks_exact(m)).enumerate() {
             let xn = x_norms[r0 + r];
             for j in 0..m {
@@ -59,10 +60,6 @@ pub fn sq_distances(x: RowMatrix<'_>, x_norms: &[f64], centers: &[f32]) -> Vec<f
     });
     out
 }
-
-/// Up to this many centres, a streaming kernel beats a packed GEMM: with `m` this small the GEMM
-/// spends its time packing `x`, while the kernel reads each row once and keeps it in L1.
-const SMALL_M: usize = 16;
 
 /// `dots[r * m + j] = a_r . c_j` through `matrixmultiply`'s packed kernels.
 fn gemm_dots(a: &[f32], rows: usize, d: usize, centers: &[f32], m: usize, dots: &mut [f32]) {
@@ -86,36 +83,6 @@ fn gemm_dots(a: &[f32], rows: usize, d: usize, centers: &[f32], m: usize, dots: 
             m as isize,
             1,
         );
-    }
-}
-
-/// `dots[r * m + j] = a_r . c_j` row by row, with the AVX2+FMA build of the loop where the CPU
-/// has it (decided at run time, so one binary serves every x86-64 machine).
-fn small_m_dots(a: &[f32], d: usize, centers: &[f32], dots: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            unsafe { small_m_dots_avx2(a, d, centers, dots) };
-            return;
-        }
-    }
-    small_m_dots_portable(a, d, centers, dots);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn small_m_dots_avx2(a: &[f32], d: usize, centers: &[f32], dots: &mut [f32]) {
-    small_m_dots_portable(a, d, centers, dots);
-}
-
-#[inline(always)]
-fn small_m_dots_portable(a: &[f32], d: usize, centers: &[f32], dots: &mut [f32]) {
-    let m = centers.len() / d;
-    for (row, out) in a.chunks_exact(d).zip(dots.chunks_exact_mut(m)) {
-        for (c, o) in centers.chunks_exact(d).zip(out.iter_mut()) {
-            *o = dot(row, c);
-        }
     }
 }
 
@@ -145,48 +112,89 @@ fn add_row_f64_portable(acc: &mut [f64], row: &[f32]) {
     }
 }
 
-/// A dot product with 16 independent partial sums, so the compiler can vectorise it.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0.0f32; L];
-    let (ac, at) = a.split_at(a.len() / L * L);
-    let (bc, bt) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(L).zip(bc.chunks_exact(L)) {
-        for l in 0..L {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
+/// `acc -= row`, widening to `f64` (moving a point out of a cluster), AVX2 where available.
+pub fn sub_row_f64(acc: &mut [f64], row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports the feature the function is compiled for.
+            unsafe { sub_row_f64_avx2(acc, row) };
+            return;
         }
     }
-    let mut tail = 0.0f32;
-    for (x, y) in at.iter().zip(bt) {
-        tail = x.mul_add(*y, tail);
+    sub_row_f64_portable(acc, row);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sub_row_f64_avx2(acc: &mut [f64], row: &[f32]) {
+    sub_row_f64_portable(acc, row);
+}
+
+#[inline(always)]
+fn sub_row_f64_portable(acc: &mut [f64], row: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(row) {
+        *a -= f64::from(v);
     }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn data(n: usize, d: usize, mult: usize, modulus: usize, scale: f32, shift: f32) -> Vec<f32> {
+        (0..n * d).map(|i| ((i * mult) % modulus) as f32 / scale - shift).collect()
+    }
+
     #[test]
     fn gemm_distances_match_direct_ones() {
         let (n, d, m) = (700, 37, 5);
-        let x: Vec<f32> = (0..n * d).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-        let c: Vec<f32> = (0..m * d).map(|i| ((i * 104729) % 997) as f32 / 400.0 - 1.2).collect();
+        let x = data(n, d, 7919, 1000, 500.0, 1.0);
+        let c = data(m, d, 104729, 997, 400.0, 1.2);
         let xm = RowMatrix::new(&x, n, d).unwrap();
         let got = sq_distances(xm, &row_sq_norms(xm), &c);
-        let mut gemm = vec![0.0f32; n * m];
-        gemm_dots(&x, n, d, &c, m, &mut gemm);
-        let mut small = vec![0.0f32; n * m];
-        small_m_dots_portable(&x, d, &c, &mut small);
-        for (g, s) in gemm.iter().zip(&small) {
-            assert!((g - s).abs() <= 1e-4 * (1.0 + g.abs()));
-        }
         for i in 0..n {
             for j in 0..m {
                 let want = sq_dist_exact(xm.row(i), &c[j * d..(j + 1) * d]);
                 assert!((got[i * m + j] - want).abs() <= 1e-5 * (1.0 + want), "{i} {j}");
             }
         }
+    }
+
+    #[test]
+    fn an_entry_does_not_depend_on_the_other_centres_in_the_call() {
+        // Batched k-means restarts need this bit for bit (see the module docs).
+        for (n, d) in [(300, 37), (513, 1000), (260, 4096)] {
+            let x = data(n, d, 7919, 1000, 500.0, 1.0);
+            let xm = RowMatrix::new(&x, n, d).unwrap();
+            let norms = row_sq_norms(xm);
+            let m = 43;
+            let c = data(m, d, 104729, 997, 400.0, 1.2);
+            let all = sq_distances(xm, &norms, &c);
+            for (off, len) in [(0, 1), (5, 4), (17, 1), (40, 3), (3, 30), (8, 16)] {
+                let sub = sq_distances(xm, &norms, &c[off * d..(off + len) * d]);
+                for i in 0..n {
+                    for j in 0..len {
+                        assert_eq!(
+                            sub[i * len + j].to_bits(),
+                            all[i * m + off + j].to_bits(),
+                            "{n}x{d} row {i} centre {}",
+                            off + j
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn adding_then_removing_a_row_restores_the_sum() {
+        let row: Vec<f32> = (0..19).map(|i| i as f32 * 0.25 - 2.0).collect();
+        let mut acc: Vec<f64> = (0..19).map(|i| f64::from(i) * 0.5).collect();
+        let before = acc.clone();
+        add_row_f64(&mut acc, &row);
+        assert!(acc.iter().zip(&before).zip(&row).all(|((a, b), &r)| *a == b + f64::from(r)));
+        sub_row_f64(&mut acc, &row);
+        assert_eq!(acc, before);
     }
 }

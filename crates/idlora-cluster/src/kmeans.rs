@@ -2,16 +2,23 @@
 //!
 //! Lloyd iterations whose assignment step is the exact size-constrained assignment of
 //! [`crate::flow`] (or the LP of [`crate::lp`]), on exact squared Euclidean costs. Seeding is greedy
-//! k-means++ (as scikit-learn does it), restarts run in parallel, and every random draw comes from
-//! a ChaCha8 stream fixed by `(seed, restart)`, so results are bit-identical for a given seed
-//! whatever the number of threads.
+//! k-means++ (as scikit-learn does it), and every random draw comes from a ChaCha8 stream fixed by
+//! `(seed, restart)`, so results are bit-identical for a given seed whatever the number of threads.
+//!
+//! The restarts advance in lockstep: one pass over the data computes the distances from every row
+//! to the centres of *all* restarts still running (a GEMM with `n_init * k` columns, compute-bound,
+//! where `n_init` separate passes with `k` columns each would be bound by memory bandwidth), and
+//! the assignment solves then run in parallel, one per restart. The cluster sums are updated
+//! incrementally, from the rows that changed cluster only, so a late iteration that moves a few
+//! rows costs no second pass over the data. Each distance is independent of the other centres in
+//! the batch ([`crate::distance`]), so a restart's trajectory does not depend on its neighbours.
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{add_row_f64, row_sq_norms, sq_dist_exact, sq_distances};
+use crate::distance::{add_row_f64, row_sq_norms, sq_dist_exact, sq_distances, sub_row_f64};
 use crate::flow::{self, check_bounds};
 use crate::{ClusterError, RowMatrix, lp};
 
@@ -122,12 +129,12 @@ pub fn constrained_kmeans(x: RowMatrix<'_>, cfg: &KMeansConfig) -> Result<Cluste
     }
     let norms = row_sq_norms(x);
     let tol = cfg.tol * mean_column_variance(x);
-    let runs: Vec<Result<Clustering, ClusterError>> =
-        (0..cfg.n_init).into_par_iter().map(|init| single_run(x, &norms, cfg, size_max, tol, init)).collect();
+    let mut runs = seed_restarts(x, &norms, cfg);
+    lloyd(x, &norms, cfg, size_max, tol, &mut runs)?;
+    let finished: Vec<Clustering> = runs.into_par_iter().map(|run| run.finish(x)).collect();
     let mut best: Option<Clustering> = None;
-    for run in runs {
-        let run = run?;
-        // Strictly lower only: ties keep the earlier restart, independent of completion order.
+    for run in finished {
+        // Strictly lower only: ties keep the earlier restart.
         if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
             best = Some(run);
         }
@@ -149,64 +156,178 @@ fn mean_column_variance(x: RowMatrix<'_>) -> f64 {
     mean.iter().zip(&sq).map(|(m, s)| (s / n - (m / n) * (m / n)).max(0.0)).sum::<f64>() / d as f64
 }
 
-fn assign(
-    x: RowMatrix<'_>,
-    norms: &[f64],
-    centers: &[f32],
+/// Where a restart stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Still iterating.
+    Running,
+    /// Stopped on a small centre shift: the labels predate the last centre update, so one more
+    /// assignment to the final centres follows.
+    NeedsFinalAssignment,
+    /// Labels are the assignment to the current centres, and the centres their means.
+    Done,
+}
+
+/// One k-means restart.
+struct Restart {
+    init: usize,
+    k: usize,
+    d: usize,
+    centers: Vec<f32>,
+    /// Empty before the first assignment.
+    labels: Vec<u32>,
+    /// Per-cluster sums of the member rows (`k x d`, `f64`) and member counts, kept in step with
+    /// `labels` by adding and removing only the rows that move.
+    sums: Vec<f64>,
+    counts: Vec<usize>,
+    n_iter: usize,
+    phase: Phase,
+}
+
+impl Restart {
+    /// Re-labels the restart and updates its sums; returns how many rows moved.
+    fn relabel(&mut self, x: RowMatrix<'_>, labels: Vec<u32>) -> usize {
+        let d = self.d;
+        if self.labels.is_empty() {
+            let (sums, counts) = cluster_sums(x, &labels, self.k);
+            self.sums = sums;
+            self.counts = counts;
+            self.labels = labels;
+            return x.rows();
+        }
+        let mut moved = 0;
+        // Point order, one thread: the sums see the same updates in the same order on any machine.
+        for (i, (&old, &new)) in self.labels.iter().zip(&labels).enumerate() {
+            if old != new {
+                let (old, new) = (old as usize, new as usize);
+                sub_row_f64(&mut self.sums[old * d..(old + 1) * d], x.row(i));
+                add_row_f64(&mut self.sums[new * d..(new + 1) * d], x.row(i));
+                self.counts[old] -= 1;
+                self.counts[new] += 1;
+                moved += 1;
+            }
+        }
+        self.labels = labels;
+        moved
+    }
+
+    /// The cluster means; an empty cluster keeps its previous centre.
+    fn means(&self) -> Vec<f32> {
+        let d = self.d;
+        let mut out = self.centers.clone();
+        for j in 0..self.k {
+            if self.counts[j] > 0 {
+                let count = self.counts[j] as f64;
+                for p in 0..d {
+                    out[j * d + p] = (self.sums[j * d + p] / count) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn finish(self, x: RowMatrix<'_>) -> Clustering {
+        let inertia = inertia(x, &self.labels, &self.centers);
+        Clustering {
+            labels: self.labels,
+            centroids: self.centers,
+            dim: self.d,
+            sizes: self.counts,
+            inertia,
+            n_iter: self.n_iter,
+            best_init: self.init,
+        }
+    }
+}
+
+/// Distances from every row to the centres of `runs`, one pass for all: `out[r]` is restart
+/// `runs[r]`'s `n x k` cost matrix.
+fn batched_costs(x: RowMatrix<'_>, norms: &[f64], k: usize, centers: &[&[f32]]) -> Vec<Vec<f64>> {
+    let stacked: Vec<f32> = centers.concat();
+    let m = stacked.len() / x.cols().max(1);
+    let all = sq_distances(x, norms, &stacked);
+    centers
+        .par_iter()
+        .enumerate()
+        .map(|(r, _)| all.chunks_exact(m).flat_map(|row| row[r * k..(r + 1) * k].iter().copied()).collect())
+        .collect()
+}
+
+fn solve_assignment(
+    costs: &[f64],
+    n: usize,
     cfg: &KMeansConfig,
     size_max: usize,
 ) -> Result<Vec<u32>, ClusterError> {
-    let costs = sq_distances(x, norms, centers);
-    let n = x.rows();
     Ok(match cfg.solver {
-        AssignmentSolver::Flow => flow::assign(&costs, n, cfg.k, cfg.size_min, size_max)?.labels,
-        AssignmentSolver::Lp => lp::assign_lp(&costs, n, cfg.k, cfg.size_min, size_max)?.assignment.labels,
+        AssignmentSolver::Flow => flow::assign(costs, n, cfg.k, cfg.size_min, size_max)?.labels,
+        AssignmentSolver::Lp => lp::assign_lp(costs, n, cfg.k, cfg.size_min, size_max)?.assignment.labels,
     })
 }
 
-fn single_run(
+/// Lloyd iterations of every restart in lockstep, then the final assignment of those that stopped
+/// on the tolerance (one more shared pass).
+fn lloyd(
     x: RowMatrix<'_>,
     norms: &[f64],
     cfg: &KMeansConfig,
     size_max: usize,
     tol: f64,
-    init: usize,
-) -> Result<Clustering, ClusterError> {
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    rng.set_stream(init as u64);
-    let mut centers = kmeans_plus_plus(x, norms, cfg.k, &mut rng);
-    let mut labels: Option<Vec<u32>> = None;
-    let mut n_iter = 0;
+    runs: &mut [Restart],
+) -> Result<(), ClusterError> {
+    let n = x.rows();
     for it in 1..=cfg.max_iter {
-        n_iter = it;
-        let new_labels = assign(x, norms, &centers, cfg, size_max)?;
-        let new_centers = means(x, &new_labels, cfg.k, &centers);
-        let shift: f64 =
-            centers.iter().zip(&new_centers).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum();
-        centers = new_centers;
-        let unchanged = labels.as_ref() == Some(&new_labels);
-        labels = Some(new_labels);
-        if unchanged || shift <= tol {
+        let mut active: Vec<&mut Restart> = runs.iter_mut().filter(|r| r.phase == Phase::Running).collect();
+        if active.is_empty() {
             break;
         }
+        let centers: Vec<&[f32]> = active.iter().map(|r| r.centers.as_slice()).collect();
+        let costs = batched_costs(x, norms, cfg.k, &centers);
+        active.par_iter_mut().zip(costs).try_for_each(|(run, costs)| -> Result<(), ClusterError> {
+            run.n_iter = it;
+            let labels = solve_assignment(&costs, n, cfg, size_max)?;
+            let moved = run.relabel(x, labels);
+            let new_centers = run.means();
+            let shift: f64 = run
+                .centers
+                .iter()
+                .zip(&new_centers)
+                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                .sum();
+            run.centers = new_centers;
+            // No row moved: the centres are the means of labels that are already the assignment
+            // to them, a fixed point. Otherwise a small shift ends the run but leaves the labels
+            // one update behind.
+            if moved == 0 && it > 1 {
+                run.phase = Phase::Done;
+            } else if shift <= tol || it == cfg.max_iter {
+                run.phase = Phase::NeedsFinalAssignment;
+            }
+            Ok(())
+        })?;
     }
-    // Final assignment to the final centres, then centroids as the means of that assignment
-    // (which can only lower the inertia), so labels and centroids are consistent.
-    let labels = assign(x, norms, &centers, cfg, size_max)?;
-    let centroids = means(x, &labels, cfg.k, &centers);
-    let inertia = inertia(x, &labels, &centroids);
-    let mut sizes = vec![0; cfg.k];
-    for &l in &labels {
-        sizes[l as usize] += 1;
+    // Final assignment to the final centres, then the centres become the means of that
+    // assignment (which can only lower the inertia), so labels and centroids are consistent.
+    let mut pending: Vec<&mut Restart> = runs.iter_mut().filter(|r| r.phase != Phase::Done).collect();
+    if pending.is_empty() {
+        return Ok(());
     }
-    Ok(Clustering { labels, centroids, dim: x.cols(), sizes, inertia, n_iter, best_init: init })
+    let centers: Vec<&[f32]> = pending.iter().map(|r| r.centers.as_slice()).collect();
+    let costs = batched_costs(x, norms, cfg.k, &centers);
+    pending.par_iter_mut().zip(costs).try_for_each(|(run, costs)| -> Result<(), ClusterError> {
+        let labels = solve_assignment(&costs, n, cfg, size_max)?;
+        run.relabel(x, labels);
+        run.centers = run.means();
+        run.phase = Phase::Done;
+        Ok(())
+    })
 }
 
 /// Rows per task in the reductions; fixed so that sums are grouped identically on any thread count.
 const REDUCE_CHUNK: usize = 256;
 
-/// Cluster means (f64 accumulation); an empty cluster keeps its previous centre.
-fn means(x: RowMatrix<'_>, labels: &[u32], k: usize, previous: &[f32]) -> Vec<f32> {
+/// Per-cluster sums (`f64`) and counts of a labelling.
+fn cluster_sums(x: RowMatrix<'_>, labels: &[u32], k: usize) -> (Vec<f64>, Vec<usize>) {
     let d = x.cols();
     let partials: Vec<(Vec<f64>, Vec<usize>)> = labels
         .par_chunks(REDUCE_CHUNK)
@@ -228,6 +349,13 @@ fn means(x: RowMatrix<'_>, labels: &[u32], k: usize, previous: &[f32]) -> Vec<f3
         sums.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
         counts.iter_mut().zip(&c).for_each(|(a, b)| *a += b);
     }
+    (sums, counts)
+}
+
+/// Cluster means (f64 accumulation); an empty cluster keeps its previous centre.
+fn means(x: RowMatrix<'_>, labels: &[u32], k: usize, previous: &[f32]) -> Vec<f32> {
+    let d = x.cols();
+    let (sums, counts) = cluster_sums(x, labels, k);
     let mut out = previous.to_vec();
     for j in 0..k {
         if counts[j] > 0 {
@@ -266,44 +394,85 @@ pub fn labels_inertia(x: RowMatrix<'_>, labels: &[u32], k: usize) -> f64 {
     inertia(x, labels, &means(x, labels, k, &zeros))
 }
 
-/// Greedy k-means++: each new centre is the best of `2 + ln k` candidates drawn with probability
-/// proportional to the squared distance to the nearest centre so far.
-fn kmeans_plus_plus(x: RowMatrix<'_>, norms: &[f64], k: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
-    let (n, d) = (x.rows(), x.cols());
+/// Greedy k-means++ for every restart, in lockstep: each new centre is the best of `2 + ln k`
+/// candidates drawn with probability proportional to the squared distance to the nearest centre
+/// so far. Every step's distances for all restarts come from one pass over the data.
+fn seed_restarts(x: RowMatrix<'_>, norms: &[f64], cfg: &KMeansConfig) -> Vec<Restart> {
+    let (n, d, k) = (x.rows(), x.cols(), cfg.k);
     let trials = 2 + (k as f64).ln().floor() as usize;
-    let first = rng.random_range(0..n);
-    let mut centers: Vec<f32> = x.row(first).to_vec();
-    let mut closest = sq_distances(x, norms, x.row(first));
-    let mut potential: f64 = closest.iter().sum();
+    let mut rngs: Vec<ChaCha8Rng> = (0..cfg.n_init)
+        .map(|init| {
+            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+            rng.set_stream(init as u64);
+            rng
+        })
+        .collect();
+    let firsts: Vec<usize> = rngs.iter_mut().map(|rng| rng.random_range(0..n)).collect();
+    let mut centers: Vec<Vec<f32>> = firsts.iter().map(|&i| x.row(i).to_vec()).collect();
+    let rows: Vec<&[f32]> = firsts.iter().map(|&i| x.row(i)).collect();
+    let mut closest: Vec<Vec<f64>> = batched_costs(x, norms, 1, &rows);
+    let mut potential: Vec<f64> = closest.iter().map(|c| c.iter().sum()).collect();
     for _ in 1..k {
-        let mut cumulative = Vec::with_capacity(n);
-        let mut acc = 0.0;
-        for &c in &closest {
-            acc += c;
-            cumulative.push(acc);
-        }
-        let candidates: Vec<usize> = (0..trials)
-            .map(|_| {
-                let target = rng.random::<f64>() * potential;
-                cumulative.partition_point(|&c| c <= target).min(n - 1)
+        let candidates: Vec<Vec<usize>> = rngs
+            .iter_mut()
+            .zip(&closest)
+            .zip(&potential)
+            .map(|((rng, closest), &potential)| {
+                let mut cumulative = Vec::with_capacity(n);
+                let mut acc = 0.0;
+                for &c in closest {
+                    acc += c;
+                    cumulative.push(acc);
+                }
+                (0..trials)
+                    .map(|_| {
+                        let target = rng.random::<f64>() * potential;
+                        cumulative.partition_point(|&c| c <= target).min(n - 1)
+                    })
+                    .collect()
             })
             .collect();
-        let cand_rows: Vec<f32> = candidates.iter().flat_map(|&i| x.row(i).iter().copied()).collect();
-        let dist = sq_distances(x, norms, &cand_rows);
-        let mut best: Option<(f64, usize)> = None;
-        for t in 0..trials {
-            let pot: f64 = (0..n).map(|i| closest[i].min(dist[i * trials + t])).sum();
-            if best.is_none_or(|(b, _)| pot < b) {
-                best = Some((pot, t));
-            }
-        }
-        let (pot, t) = best.unwrap_or((potential, 0));
-        for i in 0..n {
-            closest[i] = closest[i].min(dist[i * trials + t]);
-        }
-        potential = pot;
-        centers.extend_from_slice(x.row(candidates[t]));
+        let cand_rows: Vec<Vec<f32>> =
+            candidates.iter().map(|c| c.iter().flat_map(|&i| x.row(i).iter().copied()).collect()).collect();
+        let refs: Vec<&[f32]> = cand_rows.iter().map(Vec::as_slice).collect();
+        let dists = batched_costs(x, norms, trials, &refs);
+        closest
+            .par_iter_mut()
+            .zip(potential.par_iter_mut())
+            .zip(centers.par_iter_mut())
+            .zip(dists.par_iter().zip(&candidates))
+            .for_each(|(((closest, potential), centers), (dist, candidates))| {
+                let mut best: Option<(f64, usize)> = None;
+                for t in 0..trials {
+                    let pot: f64 = (0..n).map(|i| closest[i].min(dist[i * trials + t])).sum();
+                    if best.is_none_or(|(b, _)| pot < b) {
+                        best = Some((pot, t));
+                    }
+                }
+                let (pot, t) = best.unwrap_or((*potential, 0));
+                for i in 0..n {
+                    closest[i] = closest[i].min(dist[i * trials + t]);
+                }
+                *potential = pot;
+                centers.extend_from_slice(x.row(candidates[t]));
+            });
     }
-    debug_assert_eq!(centers.len(), k * d);
     centers
+        .into_iter()
+        .enumerate()
+        .map(|(init, centers)| {
+            debug_assert_eq!(centers.len(), k * d);
+            Restart {
+                init,
+                k,
+                d,
+                centers,
+                labels: Vec::new(),
+                sums: Vec::new(),
+                counts: vec![0; k],
+                n_iter: 0,
+                phase: Phase::Running,
+            }
+        })
+        .collect()
 }

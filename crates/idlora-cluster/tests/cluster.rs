@@ -286,3 +286,34 @@ fn every_bad_input_is_an_error() {
     assert!(matches!(select_random(6, 0, 1, 0), Err(ClusterError::ZeroClusters)));
     assert!(assign(&[0.0, f64::NAN], 1, 2, 0, 1).is_err());
 }
+
+#[test]
+fn incrementally_kept_sums_give_the_exact_means() {
+    // Overlapping blobs in 40 dimensions: many rows change cluster over many iterations, so the
+    // sums kept by adding and removing moved rows see thousands of updates. The returned centroids
+    // must still be the means of the returned labels (recomputed here from scratch, in f64), and
+    // the reported inertia the exact one.
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (n, d, k) = (900, 40, 4);
+    let data: Vec<f32> = (0..n * d).map(|i| (i / d % 3) as f32 * 0.3 + rng.random::<f32>()).collect();
+    let x = RowMatrix::new(&data, n, d).unwrap();
+    let mut cfg = KMeansConfig::new(k, 150);
+    cfg.n_init = 3;
+    cfg.tol = 0.0;
+    let c = constrained_kmeans(x, &cfg).unwrap();
+    assert!(c.n_iter > 3, "too easy to exercise the updates: {} iterations", c.n_iter);
+    for j in 0..k {
+        let members: Vec<usize> = (0..n).filter(|&i| c.labels[i] as usize == j).collect();
+        assert_eq!(members.len(), c.sizes[j]);
+        for p in 0..d {
+            let mean =
+                members.iter().map(|&i| f64::from(data[i * d + p])).sum::<f64>() / members.len() as f64;
+            let got = f64::from(c.centroid(j)[p]);
+            assert!(
+                (got - mean).abs() <= 1e-6 * mean.abs().max(1.0),
+                "cluster {j} coord {p}: {got} vs {mean}"
+            );
+        }
+    }
+    assert!((labels_inertia(x, &c.labels, k) - c.inertia).abs() <= 1e-9 * c.inertia);
+}
