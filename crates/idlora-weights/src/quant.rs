@@ -1,11 +1,16 @@
 //! Element types stored in weight files and their conversion to `f32`.
 //!
 //! The GGML block formats follow llama.cpp's `ggml-common.h`: a block of 32 values holds one or two
-//! `f16` scale factors followed by packed integers.
+//! `f16` scale factors followed by packed integers; a "K-quant" super-block of 256 values holds one
+//! or two `f16` super-scales, 16 sub-block scales (and minimums) quantised to 4, 6 or 8 bits, and
+//! the packed integers. The decoders below follow `ggml-quants.c`'s `dequantize_row_*` operation
+//! for operation, so the results equal llama.cpp's (and the `gguf` Python package's, which the
+//! tests compare against).
 
 use half::{bf16, f16};
 
 /// How one tensor's elements are stored.
+#[allow(non_camel_case_types)] // GGML's own type names (`Q4_K`), as every GGUF tool prints them
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StoredType {
     /// IEEE `f32`.
@@ -28,7 +33,24 @@ pub enum StoredType {
     Q4_0,
     /// GGML `Q4_1`: blocks of 32, `f16` scale `d` and minimum `m`, 16 bytes of nibbles; `x = d * q + m`.
     Q4_1,
-    /// A GGML type this crate knows the size of but does not dequantise (`Q5_0`, the K-quants, ...).
+    /// GGML `Q5_0`: blocks of 32, `f16` scale, 32 high bits, 16 bytes of nibbles; `x = d * (q - 16)`.
+    Q5_0,
+    /// GGML `Q5_1`: blocks of 32, `f16` scale and minimum, 32 high bits, 16 bytes of nibbles;
+    /// `x = d * q + m`.
+    Q5_1,
+    /// GGML `Q2_K`: super-blocks of 256; 4-bit sub-block scales and minimums, 2-bit values.
+    Q2_K,
+    /// GGML `Q3_K`: super-blocks of 256; 6-bit signed sub-block scales, 3-bit values (2 low bits and a
+    /// high-bit mask).
+    Q3_K,
+    /// GGML `Q4_K`: super-blocks of 256; 6-bit sub-block scales and minimums, 4-bit values.
+    Q4_K,
+    /// GGML `Q5_K`: super-blocks of 256; as `Q4_K` with a fifth bit per value.
+    Q5_K,
+    /// GGML `Q6_K`: super-blocks of 256; 8-bit signed sub-block scales, 6-bit values.
+    Q6_K,
+    /// A GGML type this crate knows the size of but does not dequantise (`Q8_1`, `Q8_K`, the
+    /// `IQ` and ternary types).
     Ggml {
         /// GGML's type id.
         id: u32,
@@ -45,7 +67,8 @@ impl StoredType {
     /// Values per block (1 for plain types).
     pub fn block_len(self) -> usize {
         match self {
-            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 => 32,
+            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 => 32,
+            Self::Q2_K | Self::Q3_K | Self::Q4_K | Self::Q5_K | Self::Q6_K => QK_K,
             Self::Ggml { block, .. } => block,
             _ => 1,
         }
@@ -62,6 +85,13 @@ impl StoredType {
             Self::Q8_0 => 34,
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
+            Self::Q2_K => 84,
+            Self::Q3_K => 110,
+            Self::Q4_K => 144,
+            Self::Q5_K => 176,
+            Self::Q6_K => 210,
             Self::Ggml { bytes, .. } => bytes,
         }
     }
@@ -76,7 +106,23 @@ impl StoredType {
 
     /// Whether [`to_f32`] converts this type.
     pub fn is_float_convertible(self) -> bool {
-        matches!(self, Self::F32 | Self::F16 | Self::BF16 | Self::F64 | Self::Q8_0 | Self::Q4_0 | Self::Q4_1)
+        matches!(
+            self,
+            Self::F32
+                | Self::F16
+                | Self::BF16
+                | Self::F64
+                | Self::Q8_0
+                | Self::Q4_0
+                | Self::Q4_1
+                | Self::Q5_0
+                | Self::Q5_1
+                | Self::Q2_K
+                | Self::Q3_K
+                | Self::Q4_K
+                | Self::Q5_K
+                | Self::Q6_K
+        )
     }
 }
 
@@ -93,10 +139,20 @@ impl std::fmt::Display for StoredType {
             Self::Q8_0 => f.write_str("Q8_0"),
             Self::Q4_0 => f.write_str("Q4_0"),
             Self::Q4_1 => f.write_str("Q4_1"),
+            Self::Q5_0 => f.write_str("Q5_0"),
+            Self::Q5_1 => f.write_str("Q5_1"),
+            Self::Q2_K => f.write_str("Q2_K"),
+            Self::Q3_K => f.write_str("Q3_K"),
+            Self::Q4_K => f.write_str("Q4_K"),
+            Self::Q5_K => f.write_str("Q5_K"),
+            Self::Q6_K => f.write_str("Q6_K"),
             Self::Ggml { name, .. } => f.write_str(name),
         }
     }
 }
+
+/// Values per K-quant super-block.
+const QK_K: usize = 256;
 
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
@@ -150,9 +206,153 @@ pub fn to_f32(ty: StoredType, bytes: &[u8], out: &mut Vec<f32>) -> Option<()> {
                 out.extend(qs.iter().map(|&q| d * f32::from(q >> 4) + m));
             }
         }
+        StoredType::Q5_0 => bytes.chunks_exact(22).for_each(|b| q5(b, false, out)),
+        StoredType::Q5_1 => bytes.chunks_exact(24).for_each(|b| q5(b, true, out)),
+        StoredType::Q2_K => bytes.chunks_exact(84).for_each(|b| q2_k(b, out)),
+        StoredType::Q3_K => bytes.chunks_exact(110).for_each(|b| q3_k(b, out)),
+        StoredType::Q4_K => bytes.chunks_exact(144).for_each(|b| q4_k(b, out)),
+        StoredType::Q5_K => bytes.chunks_exact(176).for_each(|b| q5_k(b, out)),
+        StoredType::Q6_K => bytes.chunks_exact(210).for_each(|b| q6_k(b, out)),
         _ => return None,
     }
     Some(())
+}
+
+/// `Q5_0` (`d`, `qh`, `qs`) or, with `min`, `Q5_1` (`d`, `m`, `qh`, `qs`): element `j < 16` is the
+/// low nibble of `qs[j]` plus bit `j` of `qh` as its fifth bit; element `j + 16` the high nibble
+/// plus bit `j + 16`.
+fn q5(block: &[u8], min: bool, out: &mut Vec<f32>) {
+    let d = f16_at(block, 0);
+    let (m, rest) = if min { (f16_at(block, 2), &block[4..]) } else { (0.0, &block[2..]) };
+    let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    let qs = &rest[4..20];
+    let value = |q: u32| if min { q as f32 * d + m } else { (q as i32 - 16) as f32 * d };
+    out.extend((0..16).map(|j| value(u32::from(qs[j] & 0x0f) | (((qh >> j) << 4) & 0x10))));
+    out.extend((0..16).map(|j| value(u32::from(qs[j] >> 4) | ((qh >> (j + 12)) & 0x10))));
+}
+
+/// `Q2_K`: `scales[16]` (low nibble scale, high nibble minimum), `qs[64]`, `d`, `dmin`. Each half
+/// of 128 values reads 32 bytes of `qs` four times, two bits at a time; every 16 values take the
+/// next scale byte.
+fn q2_k(block: &[u8], out: &mut Vec<f32>) {
+    let (scales, qs) = (&block[..16], &block[16..80]);
+    let d = f16_at(block, 80);
+    let dmin = f16_at(block, 82);
+    let mut is = 0;
+    for q in qs.chunks_exact(32) {
+        for shift in [0, 2, 4, 6] {
+            for half in [&q[..16], &q[16..]] {
+                let sc = scales[is];
+                is += 1;
+                let dl = d * f32::from(sc & 0x0f);
+                let ml = dmin * f32::from(sc >> 4);
+                out.extend(half.iter().map(|&b| dl * f32::from((b >> shift) & 3) - ml));
+            }
+        }
+    }
+}
+
+/// `Q3_K`: `hmask[32]`, `qs[64]`, `scales[12]` (sixteen 6-bit scales, offset by 32), `d`. The low two
+/// bits come as in `Q2_K`; a clear bit in `hmask` subtracts 4.
+fn q3_k(block: &[u8], out: &mut Vec<f32>) {
+    let (hmask, qs, packed) = (&block[..32], &block[32..96], &block[96..108]);
+    let d = f16_at(block, 108);
+    // Scale i: low 4 bits from byte i % 8 (low nibble for i < 8, high nibble after), high 2 bits
+    // from byte 8 + i % 4, at bit 2 * (i / 4).
+    let scales: [i32; 16] = std::array::from_fn(|i| {
+        let low = if i < 8 { packed[i] & 0x0f } else { packed[i - 8] >> 4 };
+        let high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
+        i32::from(low | (high << 4)) - 32
+    });
+    let mut is = 0;
+    let mut m = 1u8;
+    for q in qs.chunks_exact(32) {
+        for shift in [0, 2, 4, 6] {
+            for (off, half) in [(0, &q[..16]), (16, &q[16..])] {
+                let dl = d * scales[is] as f32;
+                is += 1;
+                out.extend(half.iter().zip(&hmask[off..off + 16]).map(|(&b, &h)| {
+                    let low = i32::from((b >> shift) & 3);
+                    dl * (low - if h & m != 0 { 0 } else { 4 }) as f32
+                }));
+            }
+            m <<= 1;
+        }
+    }
+}
+
+/// Sub-block `j`'s 6-bit scale and minimum from the 12 packed bytes of `Q4_K` / `Q5_K`
+/// (llama.cpp's `get_scale_min_k4`).
+fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+    let (sc, m) = if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    };
+    (f32::from(sc), f32::from(m))
+}
+
+/// `Q4_K`: `d`, `dmin`, `scales[12]`, `qs[128]`. Each 64 values read 32 bytes: low nibbles with one
+/// sub-block's scale and minimum, then high nibbles with the next one's.
+fn q4_k(block: &[u8], out: &mut Vec<f32>) {
+    let d = f16_at(block, 0);
+    let dmin = f16_at(block, 2);
+    let (scales, qs) = (&block[4..16], &block[16..144]);
+    for (pair, q) in qs.chunks_exact(32).enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * pair, scales);
+        let (sc2, m2) = scale_min_k4(2 * pair + 1, scales);
+        let (d1, m1, d2, m2) = (d * sc1, dmin * m1, d * sc2, dmin * m2);
+        out.extend(q.iter().map(|&b| d1 * f32::from(b & 0x0f) - m1));
+        out.extend(q.iter().map(|&b| d2 * f32::from(b >> 4) - m2));
+    }
+}
+
+/// `Q5_K`: `d`, `dmin`, `scales[12]`, `qh[32]`, `qs[128]`: `Q4_K` with a fifth bit per value, taken
+/// from `qh` at bit `2 * pair` (low nibbles) and `2 * pair + 1` (high nibbles).
+fn q5_k(block: &[u8], out: &mut Vec<f32>) {
+    let d = f16_at(block, 0);
+    let dmin = f16_at(block, 2);
+    let (scales, qh, qs) = (&block[4..16], &block[16..48], &block[48..176]);
+    for (pair, q) in qs.chunks_exact(32).enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * pair, scales);
+        let (sc2, m2) = scale_min_k4(2 * pair + 1, scales);
+        let (d1, m1, d2, m2) = (d * sc1, dmin * m1, d * sc2, dmin * m2);
+        let (u1, u2) = (1u8 << (2 * pair), 1u8 << (2 * pair + 1));
+        out.extend(
+            q.iter()
+                .zip(qh)
+                .map(|(&b, &h)| d1 * f32::from((b & 0x0f) + if h & u1 != 0 { 16 } else { 0 }) - m1),
+        );
+        out.extend(
+            q.iter().zip(qh).map(|(&b, &h)| d2 * f32::from((b >> 4) + if h & u2 != 0 { 16 } else { 0 }) - m2),
+        );
+    }
+}
+
+/// `Q6_K`: `ql[128]` (low 4 bits), `qh[64]` (high 2 bits), `scales[16]` (`i8`), `d`. Each 128 values
+/// use 64 bytes of `ql`, 32 of `qh` and 8 scales (one per 16 values).
+fn q6_k(block: &[u8], out: &mut Vec<f32>) {
+    let (ql, qh, scales) = (&block[..128], &block[128..192], &block[192..208]);
+    let d = f16_at(block, 208);
+    for half in 0..2 {
+        let (ql, qh, sc) =
+            (&ql[64 * half..64 * (half + 1)], &qh[32 * half..32 * (half + 1)], &scales[8 * half..]);
+        let mut y = [0.0f32; 128];
+        for l in 0..32 {
+            let is = l / 16;
+            let q = |low: u8, shift: u32| i32::from(low | (((qh[l] >> shift) & 3) << 4)) - 32;
+            let q1 = q(ql[l] & 0x0f, 0);
+            let q2 = q(ql[l + 32] & 0x0f, 2);
+            let q3 = q(ql[l] >> 4, 4);
+            let q4 = q(ql[l + 32] >> 4, 6);
+            let s = |i: usize| f32::from(sc[is + i] as i8);
+            y[l] = d * s(0) * q1 as f32;
+            y[l + 32] = d * s(2) * q2 as f32;
+            y[l + 64] = d * s(4) * q3 as f32;
+            y[l + 96] = d * s(6) * q4 as f32;
+        }
+        out.extend_from_slice(&y);
+    }
 }
 
 #[cfg(test)]

@@ -21,22 +21,30 @@ fn fixture(name: &str) -> PathBuf {
 fn dequantisation_matches_the_reference_gguf_package() {
     let f = GgufFile::open(fixture("quants.gguf")).unwrap();
     assert_eq!(f.version(), 3);
-    for (name, ty) in [
-        ("f32", StoredType::F32),
-        ("f16", StoredType::F16),
-        ("bf16", StoredType::BF16),
-        ("q8_0", StoredType::Q8_0),
-        ("q4_0", StoredType::Q4_0),
-        ("q4_1", StoredType::Q4_1),
+    for (name, ty, shape) in [
+        ("f32", StoredType::F32, [3, 64]),
+        ("f16", StoredType::F16, [3, 64]),
+        ("bf16", StoredType::BF16, [3, 64]),
+        ("q8_0", StoredType::Q8_0, [3, 64]),
+        ("q4_0", StoredType::Q4_0, [3, 64]),
+        ("q4_1", StoredType::Q4_1, [3, 64]),
+        // Random blocks (see make_fixtures.py): every bit of every field is exercised.
+        ("q5_0", StoredType::Q5_0, [2, 64]),
+        ("q5_1", StoredType::Q5_1, [2, 64]),
+        ("q2_k", StoredType::Q2_K, [2, 512]),
+        ("q3_k", StoredType::Q3_K, [2, 512]),
+        ("q4_k", StoredType::Q4_K, [2, 512]),
+        ("q5_k", StoredType::Q5_K, [2, 512]),
+        ("q6_k", StoredType::Q6_K, [2, 512]),
     ] {
         let info = f.tensor_info(name).unwrap();
         assert_eq!(info.dtype, ty);
-        assert_eq!(info.shape(), [3, 64]);
+        assert_eq!(info.shape(), shape);
         let got = f.read_f32(name).unwrap();
         let want = f.read_f32(&format!("{name}.expected")).unwrap();
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= 1e-7, "{name}[{i}]: {g} vs reference {w}");
+            assert!((g - w).abs() <= 1e-7 + 1e-6 * w.abs(), "{name}[{i}]: {g} vs reference {w}");
         }
         // Quantised values are not all equal: the test would catch a zeroed decode.
         assert!(want.iter().any(|&v| v != want[0]));
@@ -133,11 +141,11 @@ fn targeted_corruptions_name_what_is_wrong() {
     assert!(corrupt_reason(&bad_version).contains("version 1"));
     // A type we know the size of but do not dequantise is an error naming the tensor on read.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("q6k.gguf");
-    std::fs::write(&path, tiny_gguf(14, 0, &[256], &[0u8; 210])).unwrap();
+    let path = dir.path().join("q8k.gguf");
+    std::fs::write(&path, tiny_gguf(15, 0, &[256], &[0u8; 292])).unwrap();
     let f = GgufFile::open(&path).unwrap();
     let err = f.read_f32("weight").unwrap_err().to_string();
-    assert!(err.contains("`weight`") && err.contains("Q6_K") && err.contains("q6k.gguf"), "{err}");
+    assert!(err.contains("`weight`") && err.contains("Q8_K") && err.contains("q8k.gguf"), "{err}");
 }
 
 proptest! {
