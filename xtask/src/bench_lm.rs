@@ -62,14 +62,13 @@ pub fn run(args: LmArgs) -> Result<()> {
     // A fixed, ordinary token sequence (ids of common words), repeated to the prompt length.
     let base = [504u32, 3575, 282, 4649, 314, 17, 1073, 8236, 28, 253, 1978, 30];
     let prompt: Vec<u32> = base.iter().cycle().take(args.prompt_tokens).copied().collect();
-    let v = model.config.vocab_size;
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     let mut tokens = Vec::new();
     for round in 0..=args.rounds {
         let mut cache = KvCache::new();
         let t = Instant::now();
-        let logits = model.forward(&ForwardInput::single(&prompt), Some(&mut cache))?;
-        let last = logits.slice([0..1, prompt.len() - 1..prompt.len(), 0..v]);
+        // The head on the last position only, as generation does on both sides.
+        let last = model.last_logits(&ForwardInput::single(&prompt), Some(&mut cache))?;
         let host = last.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let p = t.elapsed().as_secs_f64();
         let argmax =
@@ -78,7 +77,7 @@ pub fn run(args: LmArgs) -> Result<()> {
         let mut generated = vec![next];
         let t = Instant::now();
         for _ in 1..args.new_tokens {
-            let logits = model.forward(&ForwardInput::single(&[next]), Some(&mut cache))?;
+            let logits = model.last_logits(&ForwardInput::single(&[next]), Some(&mut cache))?;
             let host = logits.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
             next = argmax(&host);
             generated.push(next);

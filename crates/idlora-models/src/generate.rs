@@ -155,10 +155,8 @@ pub fn generate(
         key_padding: any_pad.then(|| padding.concat()),
     };
     for _ in 0..cfg.max_new_tokens {
-        let logits = model.forward(&input, Some(&mut cache))?;
-        let [_, s, _] = logits.dims();
-        let last = logits.slice([0..b, s - 1..s, 0..v]).reshape([b, v]);
-        let host = last
+        let host = model
+            .last_logits(&input, Some(&mut cache))?
             .into_data()
             .try_into_vec::<f32>()
             .map_err(|e| ModelError::Input(format!("reading logits back: {e:?}")))?;

@@ -109,6 +109,12 @@ fn left_padded_batch_equals_each_row_alone() {
         let alone_b = vec3(m.forward(&ForwardInput::single(b), None).unwrap());
         assert!(max_abs(&out[..a.len() * v], &alone_a) < 1e-5, "{case}: row a");
         assert!(max_abs(&out[(a.len() + pad) * v..], &alone_b) < 1e-5, "{case}: row b");
+        // The head on the last position only (what generation uses) equals those rows' last logits.
+        let last = m.last_logits(&input, None).unwrap();
+        assert_eq!(last.dims(), [2, v]);
+        let last = last.into_data().to_vec::<f32>().unwrap();
+        assert!(max_abs(&last[..v], &alone_a[(a.len() - 1) * v..]) < 1e-5, "{case}: last of row a");
+        assert!(max_abs(&last[v..], &alone_b[(b.len() - 1) * v..]) < 1e-5, "{case}: last of row b");
     }
 }
 
