@@ -112,7 +112,7 @@ fn left_padded_batch_equals_each_row_alone() {
         // The head on the last position only (what generation uses) equals those rows' last logits.
         let last = m.last_logits(&input, None).unwrap();
         assert_eq!(last.dims(), [2, v]);
-        let last = last.into_data().to_vec::<f32>().unwrap();
+        let last = last.into_data().try_to_vec::<f32>().unwrap();
         assert!(max_abs(&last[..v], &alone_a[(a.len() - 1) * v..]) < 1e-5, "{case}: last of row a");
         assert!(max_abs(&last[v..], &alone_b[(b.len() - 1) * v..]) < 1e-5, "{case}: last of row b");
     }
