@@ -117,6 +117,10 @@ fn default_max_pos() -> usize {
     2048
 }
 
+/// More parameters than any config describes in earnest (2^40, about a trillion): a larger count
+/// is a corrupt or hostile config, refused before anything is allocated.
+const MAX_PARAMETERS: u128 = 1 << 40;
+
 fn config_err(source: &str, key: &str, message: impl Into<String>) -> ModelError {
     ModelError::Config { source_name: source.to_string(), key: key.to_string(), message: message.into() }
 }
@@ -305,7 +309,37 @@ impl ModelConfig {
         if self.sliding_window == Some(0) {
             return Err(config_err(source, "sliding_window", "must be positive"));
         }
+        if self.parameter_count().is_none_or(|n| n > MAX_PARAMETERS) {
+            return Err(config_err(
+                source,
+                "hidden_size, intermediate_size, num_hidden_layers, head_dim, vocab_size",
+                format!("describe more than {MAX_PARAMETERS} parameters (sizes out of range)"),
+            ));
+        }
         Ok(())
+    }
+
+    /// Parameters of the model this config describes (weights and norms, no biases), or `None` when
+    /// the count overflows: every size product used later is then known to fit.
+    fn parameter_count(&self) -> Option<u128> {
+        let [h, i, l, q, kv, d, v] = [
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_layers,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.vocab_size,
+        ]
+        .map(|x| x as u128);
+        let q_dim = q.checked_mul(d)?;
+        let kv_dim = kv.checked_mul(d)?;
+        // q, k, v, o; gate, up, down; two norms.
+        let attention = q_dim.checked_mul(2)?.checked_add(kv_dim.checked_mul(2)?)?.checked_mul(h)?;
+        let layer = attention.checked_add(i.checked_mul(h)?.checked_mul(3)?)?.checked_add(2 * h)?;
+        let embed = v.checked_mul(h)?;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        layer.checked_mul(l)?.checked_add(embed)?.checked_add(head)?.checked_add(h)
     }
 
     /// The shape facts parameter accounting needs (`cargo xtask params` reads the same from a

@@ -137,6 +137,14 @@ impl Reader<'_> {
 /// Builds the model from opened weights and a config. Missing, extra or mis-shaped tensors are
 /// errors naming the tensor.
 pub fn from_weights(weights: &Weights, config: ModelConfig, device: &Device) -> Result<CausalLm> {
+    // The last layer must exist before every expected name is listed: a corrupt layer count would
+    // otherwise list billions of names.
+    if let Some(last) = config.num_layers.checked_sub(1) {
+        let name = format!("model.layers.{last}.input_layernorm.weight");
+        if !weights.tensor_names().contains(&name) {
+            return Err(ModelError::MissingTensor { path: weights.path().to_path_buf(), name });
+        }
+    }
     let expected: BTreeSet<String> = expected_tensors(&config).into_iter().collect();
     let names: BTreeSet<String> = weights.tensor_names().into_iter().collect();
     for name in names.iter().cloned() {
@@ -194,7 +202,7 @@ fn build(r: Reader, config: ModelConfig) -> Result<CausalLm> {
     let i_dim = config.intermediate_size;
     let embed = r.read("model.embed_tokens.weight", &[v, h])?;
     let embed_tokens = Param::from_tensor(Tensor::from_data(TensorData::new(embed, [v, h]), device));
-    let mut layers = Vec::with_capacity(config.num_layers);
+    let mut layers = Vec::new();
     for i in 0..config.num_layers {
         let p = format!("model.layers.{i}");
         let (ab, mb) = (config.attention_bias, config.mlp_bias);

@@ -200,6 +200,20 @@ fn bad_configs_and_checkpoints_are_errors_naming_the_key_or_tensor() {
         m.insert("num_hidden_layers".into(), 1.into());
     });
     assert!(e.contains("unexpected tensor") && e.contains("model.layers.1."), "{e}");
+    // Found by the property test below: a layer count from a corrupt file listed 2^40 names (out of
+    // memory), and size products overflowed.
+    let e = edit(&|m| {
+        m.insert("num_hidden_layers".into(), (1u64 << 40).into());
+    });
+    assert!(e.contains("num_hidden_layers") && e.contains("out of range"), "{e}");
+    let e = edit(&|m| {
+        m.insert("num_hidden_layers".into(), 10_000_000.into());
+    });
+    assert!(e.contains("missing tensor") && e.contains("model.layers.9999999."), "{e}");
+    let e = edit(&|m| {
+        m.insert("head_dim".into(), (1u64 << 62).into());
+    });
+    assert!(e.contains("head_dim") && e.contains("out of range"), "{e}");
     let e = edit(&|m| {
         m.insert("model_type".into(), "gpt2".into());
     });
@@ -301,3 +315,53 @@ fn smollm2_gguf_matches_transformers() {
     assert_eq!(g[0].text, " Paris");
     assert_eq!(g[0].stop, idlora_models::StopReason::StopString);
 }
+
+/// Values that break configs in practice: zero, odd, negative, fractional, huge (overflowing
+/// products of sizes), wrong types.
+fn odd_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(serde_json::json!(0)),
+        Just(serde_json::json!(1)),
+        Just(serde_json::json!(3)),
+        Just(serde_json::json!(-1)),
+        Just(serde_json::json!(0.5)),
+        Just(serde_json::json!(-1e30)),
+        Just(serde_json::json!(1u64 << 40)),
+        Just(serde_json::json!(u64::MAX)),
+        Just(serde_json::json!(usize::MAX / 2)),
+        Just(serde_json::json!("8")),
+        Just(serde_json::json!(null)),
+        Just(serde_json::json!([4])),
+        Just(serde_json::json!({"rope_type": "llama3"})),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 400, ..Default::default() })]
+
+    /// Any one or two config keys set to a hostile value: loading and a forward pass either work or
+    /// return an error; nothing panics, aborts or allocates without bound.
+    #[test]
+    fn hostile_config_values_never_panic(
+        case in proptest::sample::select(CASES.to_vec()),
+        edits in proptest::collection::vec((proptest::sample::select(vec![
+            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "vocab_size", "rms_norm_eps", "rope_theta",
+            "sliding_window", "max_position_embeddings", "tie_word_embeddings", "rope_parameters",
+            "bos_token_id", "eos_token_id", "attention_bias",
+        ]), odd_value()), 1..3),
+    ) {
+        let dir = copy_case(case);
+        let p = dir.path().join("config.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        for (key, value) in &edits {
+            v.as_object_mut().unwrap().insert((*key).to_string(), value.clone());
+        }
+        std::fs::write(&p, v.to_string()).unwrap();
+        if let Ok(m) = load(dir.path(), &Device::flex()) {
+            let _ = m.forward(&ForwardInput::single(&[1, 2, 3]), None);
+        }
+    }
+}
+
