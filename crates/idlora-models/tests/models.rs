@@ -364,4 +364,3 @@ proptest::proptest! {
         }
     }
 }
-
