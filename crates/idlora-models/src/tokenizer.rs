@@ -66,18 +66,13 @@ fn pre_tokenizer(pre: &str, source: &str) -> Result<Value> {
 }
 
 impl Tokenizer {
-    /// Rebuilds a byte-level BPE tokenizer (`tokenizer.ggml.model = gpt2`) from GGUF metadata:
-    /// vocabulary, merges, control tokens as special tokens, BOS/EOS, chat template.
+    /// Rebuilds the tokenizer from GGUF metadata: byte-level BPE (`tokenizer.ggml.model = gpt2`:
+    /// vocabulary and merges) or SentencePiece BPE (`llama`, as llama.cpp writes LLaMA 1/2 and
+    /// Mistral: vocabulary, scores, byte fallback), with control tokens as special tokens,
+    /// BOS/EOS and the chat template.
     pub fn from_gguf(file: &idlora_weights::gguf::GgufFile) -> Result<Self> {
         let source = file.path().display().to_string();
         let model = file.metadata_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(tok_err(
-                &source,
-                "tokenizer.ggml.model",
-                format!("`{model}` is not supported (gpt2 / byte-level BPE); give a tokenizer.json instead"),
-            ));
-        }
         let strings = |key: &str| -> Result<Vec<String>> {
             file.metadata_value(key)?
                 .as_array()
@@ -89,39 +84,87 @@ impl Tokenizer {
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
         let types: Vec<u64> = match file.metadata_value("tokenizer.ggml.token_type") {
             Ok(v) => {
                 v.as_array().map(|a| a.iter().map(|t| t.as_u64().unwrap_or(1)).collect()).unwrap_or_default()
             }
             Err(_) => Vec::new(),
         };
-        let pre = file.metadata_str("tokenizer.ggml.pre").unwrap_or("gpt2");
         let vocab: serde_json::Map<String, Value> =
             tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
-        // llama.cpp token types: 3 = control, 4 = user-defined: both are matched whole.
+        // llama.cpp token types: 2 = unknown, 3 = control, 4 = user-defined: matched whole.
         let added: Vec<Value> = types
             .iter()
             .enumerate()
-            .filter(|&(_, &t)| t == 3 || t == 4)
+            .filter(|&(i, &t)| (2..=4).contains(&t) && i < tokens.len())
             .map(|(i, &t)| {
                 json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false,
-                       "normalized": false, "special": t == 3})
+                       "normalized": false, "special": t != 4})
             })
             .collect();
-        let spec = json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": pre_tokenizer(pre, &source)?,
-            "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                      "vocab": vocab, "merges": merges},
-        });
+        let spec = match model {
+            "gpt2" => {
+                let merges = strings("tokenizer.ggml.merges")?;
+                let pre = file.metadata_str("tokenizer.ggml.pre").unwrap_or("gpt2");
+                json!({
+                    "version": "1.0",
+                    "truncation": null,
+                    "padding": null,
+                    "added_tokens": added,
+                    "normalizer": null,
+                    "pre_tokenizer": pre_tokenizer(pre, &source)?,
+                    "post_processor": null,
+                    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                              "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                              "vocab": vocab, "merges": merges},
+                })
+            }
+            "llama" => {
+                let scores: Vec<f64> = file
+                    .metadata_value("tokenizer.ggml.scores")?
+                    .as_array()
+                    .ok_or_else(|| tok_err(&source, "tokenizer.ggml.scores", "expected an array"))?
+                    .iter()
+                    .map(|v| v.as_f64().unwrap_or(0.0))
+                    .collect();
+                if scores.len() != tokens.len() {
+                    return Err(tok_err(
+                        &source,
+                        "tokenizer.ggml.scores",
+                        format!("{} scores for {} tokens", scores.len(), tokens.len()),
+                    ));
+                }
+                let unk = types.iter().position(|&t| t == 2).map(|i| tokens[i].clone());
+                // SentencePiece's dummy prefix and spaces as `▁`, BPE with byte fallback, and the
+                // inverse on decoding: the tokenizer.json transformers makes for these models.
+                json!({
+                    "version": "1.0",
+                    "truncation": null,
+                    "padding": null,
+                    "added_tokens": added,
+                    "normalizer": {"type": "Sequence", "normalizers": [
+                        {"type": "Prepend", "prepend": "\u{2581}"},
+                        {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]},
+                    "pre_tokenizer": null,
+                    "post_processor": null,
+                    "decoder": {"type": "Sequence", "decoders": [
+                        {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                        {"type": "ByteFallback"}, {"type": "Fuse"},
+                        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                              "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                              "vocab": vocab, "merges": sentencepiece_merges(&tokens, &scores, &types)},
+                })
+            }
+            other => {
+                return Err(tok_err(
+                    &source,
+                    "tokenizer.ggml.model",
+                    format!("`{other}` is not supported (gpt2, llama); give a tokenizer.json instead"),
+                ));
+            }
+        };
         let inner = tokenizers::Tokenizer::from_bytes(spec.to_string().as_bytes())
             .map_err(|e| tok_err(&source, "tokenizer.ggml.*", format!("cannot build the tokenizer: {e}")))?;
         let id = |key: &str| file.metadata_u64(key).ok().map(|v| v as u32);
@@ -129,7 +172,9 @@ impl Tokenizer {
             inner,
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
-            add_bos: matches!(file.metadata_value("tokenizer.ggml.add_bos_token"), Ok(v) if v.as_u64() == Some(1)),
+            // A GGUF bool (older writers used an integer 1).
+            add_bos: matches!(file.metadata_value("tokenizer.ggml.add_bos_token"),
+                Ok(v) if matches!(v, idlora_weights::gguf::GgufValue::Bool(true)) || v.as_u64() == Some(1)),
             chat_template: file.metadata_str("tokenizer.chat_template").ok().map(str::to_string),
         })
     }
@@ -229,6 +274,28 @@ impl Tokenizer {
             .and_then(|t| t.render(ctx))
             .map_err(|e| ModelError::Input(format!("chat template: {e}")))
     }
+}
+
+/// BPE merges equivalent to a SentencePiece BPE model's scores (what transformers' converter
+/// does): every split of a normal token into two tokens of the vocabulary is a merge, ranked by the
+/// merged token's score, highest first (ties: the order of the left, then the right token's id).
+fn sentencepiece_merges(tokens: &[String], scores: &[f64], types: &[u64]) -> Vec<(String, String)> {
+    let ids: std::collections::HashMap<&str, usize> =
+        tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let mut merges: Vec<(f64, usize, usize, usize)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        // Normal tokens only (type 1, or no types given): control and byte tokens never merge.
+        if types.get(i).is_some_and(|&t| t != 1) {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            if let (Some(&l), Some(&r)) = (ids.get(&piece[..at]), ids.get(&piece[at..])) {
+                merges.push((scores[i], l, r, i));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    merges.into_iter().map(|(_, l, r, _)| (tokens[l].clone(), tokens[r].clone())).collect()
 }
 
 /// The tokenizer of the model at `path`: rebuilt from GGUF metadata for a `.gguf` file, else

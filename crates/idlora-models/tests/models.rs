@@ -364,3 +364,27 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn sentencepiece_gguf_tokenizer_matches_sentencepiece() {
+    // A LLaMA-style SentencePiece BPE model (byte fallback, split digits, dummy prefix) trained and
+    // written to GGUF by tests/fixtures/spm/make_spm_fixture.py, with sentencepiece's own ids.
+    let dir = fixtures().join("spm");
+    let file = idlora_weights::gguf::GgufFile::open(dir.join("spm_tokenizer.gguf")).unwrap();
+    let tok = idlora_models::Tokenizer::from_gguf(&file).unwrap();
+    assert_eq!((tok.bos, tok.eos.as_slice(), tok.add_bos), (Some(1), &[2u32][..], true));
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let cases = expected.as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> =
+            case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode_continuation(text).unwrap(), want, "{text:?}");
+        let mut with_bos = vec![1];
+        with_bos.extend(&want);
+        assert_eq!(tok.encode(text).unwrap(), with_bos, "{text:?}");
+        assert_eq!(tok.decode(&want, true).unwrap(), case["decoded"].as_str().unwrap(), "{text:?}");
+    }
+}
