@@ -213,17 +213,7 @@ impl Restart {
 
     /// The cluster means; an empty cluster keeps its previous centre.
     fn means(&self) -> Vec<f32> {
-        let d = self.d;
-        let mut out = self.centers.clone();
-        for j in 0..self.k {
-            if self.counts[j] > 0 {
-                let count = self.counts[j] as f64;
-                for p in 0..d {
-                    out[j * d + p] = (self.sums[j * d + p] / count) as f32;
-                }
-            }
-        }
-        out
+        means_from_sums(&self.sums, &self.counts, &self.centers)
     }
 
     fn finish(self, x: RowMatrix<'_>) -> Clustering {
@@ -240,16 +230,14 @@ impl Restart {
     }
 }
 
-/// Distances from every row to the centres of `runs`, one pass for all: `out[r]` is restart
-/// `runs[r]`'s `n x k` cost matrix.
+/// Distances from every row to `k` centres per restart, one pass for all restarts: `out[r]` is the
+/// `n x k` cost matrix of the restart whose centres are `centers[r]`.
 fn batched_costs(x: RowMatrix<'_>, norms: &[f64], k: usize, centers: &[&[f32]]) -> Vec<Vec<f64>> {
-    let stacked: Vec<f32> = centers.concat();
-    let m = stacked.len() / x.cols().max(1);
-    let all = sq_distances(x, norms, &stacked);
-    centers
-        .par_iter()
-        .enumerate()
-        .map(|(r, _)| all.chunks_exact(m).flat_map(|row| row[r * k..(r + 1) * k].iter().copied()).collect())
+    let m = centers.len() * k;
+    let all = sq_distances(x, norms, &centers.concat());
+    (0..centers.len())
+        .into_par_iter()
+        .map(|r| all.chunks_exact(m).flat_map(|row| row[r * k..(r + 1) * k].iter().copied()).collect())
         .collect()
 }
 
@@ -354,13 +342,18 @@ fn cluster_sums(x: RowMatrix<'_>, labels: &[u32], k: usize) -> (Vec<f64>, Vec<us
 
 /// Cluster means (f64 accumulation); an empty cluster keeps its previous centre.
 fn means(x: RowMatrix<'_>, labels: &[u32], k: usize, previous: &[f32]) -> Vec<f32> {
-    let d = x.cols();
     let (sums, counts) = cluster_sums(x, labels, k);
+    means_from_sums(&sums, &counts, previous)
+}
+
+/// `sums / counts` per cluster (`k x d`); a cluster with no rows keeps its `previous` centre.
+fn means_from_sums(sums: &[f64], counts: &[usize], previous: &[f32]) -> Vec<f32> {
+    let d = previous.len() / counts.len().max(1);
     let mut out = previous.to_vec();
-    for j in 0..k {
-        if counts[j] > 0 {
+    for (j, &count) in counts.iter().enumerate() {
+        if count > 0 {
             for p in 0..d {
-                out[j * d + p] = (sums[j * d + p] / counts[j] as f64) as f32;
+                out[j * d + p] = (sums[j * d + p] / count as f64) as f32;
             }
         }
     }
