@@ -207,6 +207,10 @@ impl CausalLm {
         let cos = cos.reshape([b, 1, s, c.head_dim]);
         let sin = sin.reshape([b, 1, s, c.head_dim]);
         let mask = self.mask(input, past, &device)?;
+        // burn-flex's own attention reads grouped key/value heads as they are; burn's generic
+        // attention (under autodiff, and on the other backends) multiplies head by head and needs
+        // them repeated to the query heads first, a copy of the whole cache per layer and step.
+        let grouped_kv = device == Device::flex() && !device.is_autodiff();
 
         let ids = Tensor::<1, Int>::from_data(
             TensorData::new(input.tokens.iter().map(|&t| t as i32).collect(), [b * s]),
@@ -215,7 +219,15 @@ impl CausalLm {
         let mut h = self.embed_tokens.val().select(0, ids).reshape([b, s, c.hidden_size]);
         for (i, layer) in self.layers.iter().enumerate() {
             let attn_in = layer.input_layernorm.forward(h.clone());
-            let a = self.attend(&layer.self_attn, attn_in, &cos, &sin, mask.clone(), i, cache.as_deref_mut());
+            let a = self.attend(
+                &layer.self_attn,
+                attn_in,
+                (&cos, &sin),
+                mask.clone(),
+                grouped_kv,
+                i,
+                cache.as_deref_mut(),
+            );
             h = h + a;
             let m = layer.mlp.forward(layer.post_attention_layernorm.forward(h.clone()));
             h = h + m;
@@ -298,9 +310,9 @@ impl CausalLm {
         &self,
         attn: &Attention,
         x: Tensor<3>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
+        (cos, sin): (&Tensor<4>, &Tensor<4>),
         mask: Option<Tensor<4, Bool>>,
+        grouped_kv: bool,
         layer: usize,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
@@ -317,7 +329,7 @@ impl CausalLm {
         };
         let t = k.dims()[2];
         let groups = h / kvh;
-        let (k, v) = if groups > 1 {
+        let (k, v) = if groups > 1 && !grouped_kv {
             let expand = |x: Tensor<4>| {
                 x.reshape([b, kvh, 1, t, d]).expand([b, kvh, groups, t, d]).reshape([b, h, t, d])
             };
