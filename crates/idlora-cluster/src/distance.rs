@@ -86,55 +86,31 @@ fn gemm_dots(a: &[f32], rows: usize, d: usize, centers: &[f32], m: usize, dots: 
     }
 }
 
-/// `acc += row`, widening to `f64` (the update step's inner loop), AVX2 where available.
-pub fn add_row_f64(acc: &mut [f64], row: &[f32]) {
+/// `acc += sign * row`, widening to `f64`: the update step's inner loop, with `sign` 1 to add a
+/// row to a cluster's sum and -1 to remove it (exact: negation does not round). AVX2 where
+/// available.
+pub fn accumulate_row_f64(acc: &mut [f64], row: &[f32], sign: f64) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports the feature the function is compiled for.
-            unsafe { add_row_f64_avx2(acc, row) };
+            unsafe { accumulate_row_f64_avx2(acc, row, sign) };
             return;
         }
     }
-    add_row_f64_portable(acc, row);
+    accumulate_row_f64_portable(acc, row, sign);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn add_row_f64_avx2(acc: &mut [f64], row: &[f32]) {
-    add_row_f64_portable(acc, row);
+fn accumulate_row_f64_avx2(acc: &mut [f64], row: &[f32], sign: f64) {
+    accumulate_row_f64_portable(acc, row, sign);
 }
 
 #[inline(always)]
-fn add_row_f64_portable(acc: &mut [f64], row: &[f32]) {
+fn accumulate_row_f64_portable(acc: &mut [f64], row: &[f32], sign: f64) {
     for (a, &v) in acc.iter_mut().zip(row) {
-        *a += f64::from(v);
-    }
-}
-
-/// `acc -= row`, widening to `f64` (moving a point out of a cluster), AVX2 where available.
-pub fn sub_row_f64(acc: &mut [f64], row: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports the feature the function is compiled for.
-            unsafe { sub_row_f64_avx2(acc, row) };
-            return;
-        }
-    }
-    sub_row_f64_portable(acc, row);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn sub_row_f64_avx2(acc: &mut [f64], row: &[f32]) {
-    sub_row_f64_portable(acc, row);
-}
-
-#[inline(always)]
-fn sub_row_f64_portable(acc: &mut [f64], row: &[f32]) {
-    for (a, &v) in acc.iter_mut().zip(row) {
-        *a -= f64::from(v);
+        *a += sign * f64::from(v);
     }
 }
 
@@ -192,9 +168,9 @@ mod tests {
         let row: Vec<f32> = (0..19).map(|i| i as f32 * 0.25 - 2.0).collect();
         let mut acc: Vec<f64> = (0..19).map(|i| f64::from(i) * 0.5).collect();
         let before = acc.clone();
-        add_row_f64(&mut acc, &row);
+        accumulate_row_f64(&mut acc, &row, 1.0);
         assert!(acc.iter().zip(&before).zip(&row).all(|((a, b), &r)| *a == b + f64::from(r)));
-        sub_row_f64(&mut acc, &row);
+        accumulate_row_f64(&mut acc, &row, -1.0);
         assert_eq!(acc, before);
     }
 }

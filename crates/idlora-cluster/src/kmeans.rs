@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{add_row_f64, row_sq_norms, sq_dist_exact, sq_distances, sub_row_f64};
+use crate::distance::{accumulate_row_f64, row_sq_norms, sq_dist_exact, sq_distances};
 use crate::flow::{self, check_bounds};
 use crate::{ClusterError, RowMatrix, lp};
 
@@ -171,8 +171,6 @@ enum Phase {
 /// One k-means restart.
 struct Restart {
     init: usize,
-    k: usize,
-    d: usize,
     centers: Vec<f32>,
     /// Empty before the first assignment.
     labels: Vec<u32>,
@@ -187,9 +185,9 @@ struct Restart {
 impl Restart {
     /// Re-labels the restart and updates its sums; returns how many rows moved.
     fn relabel(&mut self, x: RowMatrix<'_>, labels: Vec<u32>) -> usize {
-        let d = self.d;
+        let d = x.cols();
         if self.labels.is_empty() {
-            let (sums, counts) = cluster_sums(x, &labels, self.k);
+            let (sums, counts) = cluster_sums(x, &labels, self.counts.len());
             self.sums = sums;
             self.counts = counts;
             self.labels = labels;
@@ -200,8 +198,8 @@ impl Restart {
         for (i, (&old, &new)) in self.labels.iter().zip(&labels).enumerate() {
             if old != new {
                 let (old, new) = (old as usize, new as usize);
-                sub_row_f64(&mut self.sums[old * d..(old + 1) * d], x.row(i));
-                add_row_f64(&mut self.sums[new * d..(new + 1) * d], x.row(i));
+                accumulate_row_f64(&mut self.sums[old * d..(old + 1) * d], x.row(i), -1.0);
+                accumulate_row_f64(&mut self.sums[new * d..(new + 1) * d], x.row(i), 1.0);
                 self.counts[old] -= 1;
                 self.counts[new] += 1;
                 moved += 1;
@@ -221,7 +219,7 @@ impl Restart {
         Clustering {
             labels: self.labels,
             centroids: self.centers,
-            dim: self.d,
+            dim: x.cols(),
             sizes: self.counts,
             inertia,
             n_iter: self.n_iter,
@@ -326,7 +324,7 @@ fn cluster_sums(x: RowMatrix<'_>, labels: &[u32], k: usize) -> (Vec<f64>, Vec<us
             for (r, &l) in chunk.iter().enumerate() {
                 let l = l as usize;
                 counts[l] += 1;
-                add_row_f64(&mut sums[l * d..(l + 1) * d], x.row(c * REDUCE_CHUNK + r));
+                accumulate_row_f64(&mut sums[l * d..(l + 1) * d], x.row(c * REDUCE_CHUNK + r), 1.0);
             }
             (sums, counts)
         })
@@ -457,8 +455,6 @@ fn seed_restarts(x: RowMatrix<'_>, norms: &[f64], cfg: &KMeansConfig) -> Vec<Res
             debug_assert_eq!(centers.len(), k * d);
             Restart {
                 init,
-                k,
-                d,
                 centers,
                 labels: Vec::new(),
                 sums: Vec::new(),

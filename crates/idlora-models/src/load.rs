@@ -139,14 +139,14 @@ impl Reader<'_> {
 pub fn from_weights(weights: &Weights, config: ModelConfig, device: &Device) -> Result<CausalLm> {
     // The last layer must exist before every expected name is listed: a corrupt layer count would
     // otherwise list billions of names.
+    let names: BTreeSet<String> = weights.tensor_names().into_iter().collect();
     if let Some(last) = config.num_layers.checked_sub(1) {
         let name = format!("model.layers.{last}.input_layernorm.weight");
-        if !weights.tensor_names().contains(&name) {
+        if !names.contains(&name) {
             return Err(ModelError::MissingTensor { path: weights.path().to_path_buf(), name });
         }
     }
     let expected: BTreeSet<String> = expected_tensors(&config).into_iter().collect();
-    let names: BTreeSet<String> = weights.tensor_names().into_iter().collect();
     for name in names.iter().cloned() {
         // Old checkpoints store RoPE's inverse frequencies; tied checkpoints may still carry a head.
         let harmless =

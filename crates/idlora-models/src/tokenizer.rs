@@ -102,23 +102,19 @@ impl Tokenizer {
                        "normalized": false, "special": t != 4})
             })
             .collect();
-        let spec = match model {
+        // The parts that differ per model type: (normalizer, pre-tokenizer, decoder, model).
+        let (normalizer, pre, decoder, bpe) = match model {
             "gpt2" => {
                 let merges = strings("tokenizer.ggml.merges")?;
                 let pre = file.metadata_str("tokenizer.ggml.pre").unwrap_or("gpt2");
-                json!({
-                    "version": "1.0",
-                    "truncation": null,
-                    "padding": null,
-                    "added_tokens": added,
-                    "normalizer": null,
-                    "pre_tokenizer": pre_tokenizer(pre, &source)?,
-                    "post_processor": null,
-                    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-                    "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                              "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                              "vocab": vocab, "merges": merges},
-                })
+                (
+                    Value::Null,
+                    pre_tokenizer(pre, &source)?,
+                    json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+                    json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                           "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                           "ignore_merges": false, "vocab": vocab, "merges": merges}),
+                )
             }
             "llama" => {
                 let scores: Vec<f64> = file
@@ -136,26 +132,22 @@ impl Tokenizer {
                     ));
                 }
                 let unk = types.iter().position(|&t| t == 2).map(|i| tokens[i].clone());
-                // SentencePiece's dummy prefix and spaces as `▁`, BPE with byte fallback, and the
-                // inverse on decoding: the tokenizer.json transformers makes for these models.
-                json!({
-                    "version": "1.0",
-                    "truncation": null,
-                    "padding": null,
-                    "added_tokens": added,
-                    "normalizer": {"type": "Sequence", "normalizers": [
+                // SentencePiece's dummy prefix and spaces as `▁`, BPE with byte fallback, and
+                // the inverse on decoding: the tokenizer.json transformers makes for these models.
+                (
+                    json!({"type": "Sequence", "normalizers": [
                         {"type": "Prepend", "prepend": "\u{2581}"},
-                        {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]},
-                    "pre_tokenizer": null,
-                    "post_processor": null,
-                    "decoder": {"type": "Sequence", "decoders": [
+                        {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]}),
+                    Value::Null,
+                    json!({"type": "Sequence", "decoders": [
                         {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
                         {"type": "ByteFallback"}, {"type": "Fuse"},
-                        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
-                    "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
-                              "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                              "vocab": vocab, "merges": sentencepiece_merges(&tokens, &scores, &types)},
-                })
+                        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}),
+                    json!({"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                           "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+                           "ignore_merges": false, "vocab": vocab,
+                           "merges": sentencepiece_merges(&tokens, &scores, &types)}),
+                )
             }
             other => {
                 return Err(tok_err(
@@ -165,6 +157,17 @@ impl Tokenizer {
                 ));
             }
         };
+        let spec = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": normalizer,
+            "pre_tokenizer": pre,
+            "post_processor": null,
+            "decoder": decoder,
+            "model": bpe,
+        });
         let inner = tokenizers::Tokenizer::from_bytes(spec.to_string().as_bytes())
             .map_err(|e| tok_err(&source, "tokenizer.ggml.*", format!("cannot build the tokenizer: {e}")))?;
         let id = |key: &str| file.metadata_u64(key).ok().map(|v| v as u32);
