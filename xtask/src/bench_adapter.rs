@@ -104,13 +104,22 @@ pub fn run(args: TableArgs) -> Result<()> {
 /// Arguments of `cargo xtask bench adapter`.
 #[derive(Args)]
 pub struct InterleavedArgs {
-    /// Rounds; every round runs each method once per case, so slow drifts of this machine hit all
-    /// methods alike. The table reports per-method medians.
+    /// Rounds; every round runs each method once per case, right after the base layer, and the
+    /// table reports the median of the per-round ratios.
     #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// Only 4096 x 4096 at r = 8 and 128.
     #[arg(long)]
     quick: bool,
+    /// Only these `d_in x d_out` shapes (e.g. `4096x14336`) [default: 4096x4096,4096x14336].
+    #[arg(long, value_delimiter = ',')]
+    shapes: Vec<String>,
+    /// Only these ranks [default: 8,128].
+    #[arg(long, value_delimiter = ',')]
+    ranks: Vec<usize>,
+    /// Forward passes only (inference).
+    #[arg(long)]
+    forward_only: bool,
     /// Tokens per batch.
     #[arg(long, default_value_t = 512)]
     tokens: usize,
@@ -131,16 +140,33 @@ pub fn run_interleaved(args: InterleavedArgs) -> Result<()> {
 
     // Full fine-tuning with a frozen base is the bare base layer: the reference column.
     let kinds = MethodKind::ALL;
-    let shapes: &[(usize, usize)] = if args.quick { &[(4096, 4096)] } else { &[(4096, 4096), (4096, 14336)] };
+    let mut shapes = args
+        .shapes
+        .iter()
+        .map(|s| {
+            let parse = |v: &str| v.trim().parse::<usize>().ok().filter(|&v| v > 0);
+            match s.split_once('x').map(|(a, b)| (parse(a), parse(b))) {
+                Some((Some(d_in), Some(d_out))) => Ok((d_in, d_out)),
+                _ => bail!("--shapes: `{s}` is not D_INxD_OUT (e.g. 4096x14336)"),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if shapes.is_empty() {
+        shapes = if args.quick { vec![(4096, 4096)] } else { vec![(4096, 4096), (4096, 14336)] };
+    }
+    let ranks = if args.ranks.is_empty() { vec![8, 128] } else { args.ranks.clone() };
+    let passes: &[bool] = if args.forward_only { &[false] } else { &[false, true] };
     let mut md = format!(
-        "{} tokens, CPU backend (burn flex), median of {} interleaved rounds; overhead = method / base - 1.\n\n\
+        "{} tokens, CPU backend (burn flex), {} rounds; overhead = median over rounds of method / base - 1, \
+         the base timed right before each method; ±: half the interquartile range of the rounds' ratios \
+         (percentage points).\n\n\
          | shape | r | pass | base ms | LoRA | DoRA | HydraLoRA | MoELoRA | ID-LoRA | ID-LoRA / LoRA overhead |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
         args.tokens, args.rounds
     );
-    for &(d_in, d_out) in shapes {
-        for r in [8usize, 128] {
-            for backward in [false, true] {
+    for &(d_in, d_out) in &shapes {
+        for &r in &ranks {
+            for &backward in passes {
                 let device = if backward { Device::flex().autodiff() } else { Device::flex() };
                 device.seed(0);
                 let base = LinearConfig::new(d_in, d_out).with_bias(false).init(&device).no_grad();
@@ -156,34 +182,50 @@ pub fn run_interleaved(args: InterleavedArgs) -> Result<()> {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let x = Tensor::<3>::random([1, args.tokens, d_in], Distribution::Normal(0.0, 1.0), &device);
-                let mut times = vec![Vec::new(); kinds.len()];
+                let run = |l: &AdaptedLinear| -> Result<f64> {
+                    let t = Instant::now();
+                    if backward {
+                        let x = x.clone().require_grad();
+                        let grads = l.forward(x.clone()).sum().backward();
+                        std::hint::black_box(x.grad(&grads));
+                    } else {
+                        std::hint::black_box(l.forward(x.clone()));
+                    }
+                    device.sync().map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
+                    Ok(t.elapsed().as_secs_f64() * 1e3)
+                };
+                // Paired: the base runs right before each method, and each method's overhead is
+                // the median over rounds of its time over that base time. A drift of this shared
+                // machine then hits both sides of a ratio, not one method's median.
+                let mut base_times = Vec::new();
+                let mut ratios = vec![Vec::new(); kinds.len()];
                 for round in 0..=args.rounds {
-                    for (i, l) in layers.iter().enumerate() {
-                        let t = Instant::now();
-                        if backward {
-                            let x = x.clone().require_grad();
-                            let grads = l.forward(x.clone()).sum().backward();
-                            std::hint::black_box(x.grad(&grads));
-                        } else {
-                            std::hint::black_box(l.forward(x.clone()));
-                        }
-                        device.sync().map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
+                    for (i, l) in layers.iter().enumerate().skip(1) {
+                        let (tb, tm) = (run(&layers[0])?, run(l)?);
                         if round > 0 {
                             // Round 0 warms up.
-                            times[i].push(t.elapsed().as_secs_f64() * 1e3);
+                            base_times.push(tb);
+                            ratios[i].push(tm / tb);
                         }
                     }
                 }
-                let med: Vec<f64> = times
-                    .iter_mut()
-                    .map(|t| {
-                        t.sort_by(f64::total_cmp);
-                        t[t.len() / 2]
-                    })
+                let median = |t: &mut Vec<f64>| {
+                    t.sort_by(f64::total_cmp);
+                    t[t.len() / 2]
+                };
+                let base_ms = median(&mut base_times);
+                let over: Vec<f64> =
+                    ratios.iter_mut().map(|r| if r.is_empty() { 0.0 } else { median(r) - 1.0 }).collect();
+                // Half the interquartile range of the per-round ratios: how far apart rounds are.
+                let spread: Vec<f64> = ratios
+                    .iter()
+                    .map(|r| if r.is_empty() { 0.0 } else { (r[3 * r.len() / 4] - r[r.len() / 4]) / 2.0 })
                     .collect();
-                let base_ms = med[0];
-                let over: Vec<f64> = med.iter().map(|m| m / base_ms - 1.0).collect();
-                let cells: Vec<String> = over[1..].iter().map(|o| format!("{:+.1}%", 100.0 * o)).collect();
+                let cells: Vec<String> = over[1..]
+                    .iter()
+                    .zip(&spread[1..])
+                    .map(|(o, s)| format!("{:+.1}% ±{:.1}", 100.0 * o, 100.0 * s))
+                    .collect();
                 let ratio = if over[1] > 0.0 { format!("{:.2}", over[5] / over[1]) } else { "-".into() };
                 let line = format!(
                     "| {d_in} -> {d_out} | {r} | {} | {base_ms:.1} | {} | {ratio} |\n",

@@ -13,6 +13,7 @@ use idlora_cluster::select::IndexSets;
 use crate::error::{AdapterError, Result};
 use crate::method::{BasisPath, DropoutSite, MethodConfig, MethodKind};
 use crate::params::idlora_b_shape;
+use crate::product::add_product;
 
 /// PEFT's (and `nn.Linear`'s) initialiser for `A` and for routers: Kaiming-uniform with
 /// `a = sqrt(5)`, i.e. `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.
@@ -32,6 +33,17 @@ fn zeros(shape: [usize; 2], device: &Device) -> Param<Tensor<2>> {
 /// Whether a dropout layer would drop anything on this input (mirrors `Dropout::forward`).
 fn dropout_active(dropout: &Dropout, x: &Tensor<2>) -> bool {
     dropout.prob > 0.0 && dropout.training.is_enabled() && x.device().is_autodiff()
+}
+
+/// What an adapter adds to the base output: one product (all methods but DoRA), which the CPU
+/// backend can accumulate in place (`crate::product`), or a dense tensor.
+// One is built per forward call and consumed at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Update {
+    /// `lhs rhs`, reshaped to `[n, d_out]`.
+    Product { lhs: Tensor<2>, rhs: Tensor<2> },
+    /// `[n, d_out]`.
+    Dense(Tensor<2>),
 }
 
 /// LoRA: `y = W0 x + s B A x`.
@@ -319,22 +331,31 @@ impl AdaptedLinear {
             (Some(adapter), false) => adapter,
             _ => return y0,
         };
-        let dims = x.dims();
+        let dims = y0.dims();
         let (d_in, d_out) = self.shape();
         let n = dims[..D - 1].iter().product::<usize>();
         let x2 = x.reshape([n, d_in]);
         let y2 = y0.clone().reshape([n, d_out]);
-        let delta = self.delta(adapter, x2, y2);
-        let mut out_dims = dims;
-        out_dims[D - 1] = d_out;
-        y0 + delta.reshape(out_dims)
+        let y = match self.update(adapter, x2, y2) {
+            // `y2` is gone by now, so on the CPU backend the product lands in `y0`'s own buffer.
+            Update::Product { lhs, rhs } => {
+                let (rows, cols) = (lhs.dims()[0], rhs.dims()[1]);
+                add_product(y0.reshape([rows, cols]), lhs, rhs)
+            }
+            Update::Dense(delta) => y0.reshape([n, d_out]) + delta,
+        };
+        y.reshape(dims)
     }
 
-    /// `y - W0 x - b` on flattened `[n, d_in]` input, given the base output `y0 = x W0 + b`.
-    fn delta(&self, adapter: &Adapter, x: Tensor<2>, y0: Tensor<2>) -> Tensor<2> {
+    /// The update `y - W0 x - b` on flattened `[n, d_in]` input, given the base output
+    /// `y0 = x W0 + b`.
+    fn update(&self, adapter: &Adapter, x: Tensor<2>, y0: Tensor<2>) -> Update {
+        let product = |lhs, rhs| Update::Product { lhs, rhs };
         match adapter {
             // The scale goes on the small `[n, r]` intermediate, not on the `[n, d_out]` output.
-            Adapter::Lora(l) => l.dropout.forward(x).matmul(l.a.val()).mul_scalar(l.scale).matmul(l.b.val()),
+            Adapter::Lora(l) => {
+                product(l.dropout.forward(x).matmul(l.a.val()).mul_scalar(l.scale), l.b.val())
+            }
             Adapter::Dora(d) => {
                 let l = &d.lora;
                 let w0 = self.base.weight.val();
@@ -345,7 +366,7 @@ impl AdaptedLinear {
                 // The base part without bias: reuse y0 unless dropout changed the input.
                 let base = if active { xd.clone().matmul(w0) } else { self.without_bias(y0) };
                 let lora = xd.matmul(l.a.val()).mul_scalar(l.scale).matmul(l.b.val());
-                (scale.clone() - 1.0) * base + scale * lora
+                Update::Dense((scale.clone() - 1.0) * base + scale * lora)
             }
             Adapter::HydraLora(h) => {
                 let [n, _] = x.dims();
@@ -354,7 +375,7 @@ impl AdaptedLinear {
                 let a = h.dropout.forward(x).matmul(h.a.val());
                 // u = w (outer) A x, flattened head-major: then one product with the stacked heads.
                 let u = w.reshape([n, h.heads, 1]).mul_scalar(h.scale) * a.reshape([n, 1, r]);
-                u.reshape([n, h.heads * r]).matmul(h.b.val())
+                product(u.reshape([n, h.heads * r]), h.b.val())
             }
             Adapter::MoeLora(m) => {
                 let [n, _] = x.dims();
@@ -363,9 +384,12 @@ impl AdaptedLinear {
                 let w = route(&m.router, x.clone());
                 let a = m.dropout.forward(x).matmul(m.a.val());
                 let u = a.reshape([n, m.experts, r]) * w.reshape([n, m.experts, 1]).mul_scalar(m.scale);
-                u.reshape([n, nr]).matmul(m.b.val())
+                product(u.reshape([n, nr]), m.b.val())
             }
-            Adapter::IdLora(id) => id.delta(&self.base, x, y0),
+            Adapter::IdLora(id) => {
+                let (lhs, rhs) = id.product(&self.base, x, y0);
+                product(lhs, rhs)
+            }
         }
     }
 
@@ -518,7 +542,9 @@ impl IdLora {
         }
     }
 
-    fn delta(&self, base: &Linear, x: Tensor<2>, y0: Tensor<2>) -> Tensor<2> {
+    /// The update as one product `lhs rhs`, whose `[rows, cols]` result is the `[n, d_out]` update
+    /// laid out row-major (with rank boosting, `n p` rows of `d_out / p`).
+    fn product(&self, base: &Linear, x: Tensor<2>, y0: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
         let [n, _] = x.dims();
         let (k, r) = (self.k, self.r);
         let w = route(&self.router, x.clone());
@@ -528,12 +554,12 @@ impl IdLora {
         }
         // Router weight and scale in one `[n, k]` factor, applied to the small `u`.
         let u = u.reshape([n, k, r]) * w.mul_scalar(self.scale).reshape([n, k, 1]);
-        let [b_in, b_out] = self.b.dims();
+        let b_in = self.b.dims()[0];
         if self.rank_boost {
             // [B u_1; ...; B u_p]: the p parts of u are rows of one product with the shared B.
-            u.reshape([n * self.p, b_in]).matmul(self.b.val()).reshape([n, self.p * b_out])
+            (u.reshape([n * self.p, b_in]), self.b.val())
         } else {
-            u.sum_dim(1).reshape([n, r]).matmul(self.b.val())
+            (u.sum_dim(1).reshape([n, r]), self.b.val())
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod layer;
 pub mod method;
 pub mod params;
 pub mod peft;
+pub mod product;
 
 pub use error::{AdapterError, Result};
 pub use layer::{AdaptedLinear, Adapter, Dora, HydraLora, IdLora, Lora, MoeLora};

@@ -745,3 +745,32 @@ fn forward_matches_a_per_token_loop_over_the_formulas() {
         }
     }
 }
+
+/// `y + a b` on the CPU backend (in place into `y` when it is unshared) against an f64 loop, on
+/// shapes above and below the threaded size, with a transposed (strided) `a`; a `y` that another
+/// tensor still shares must come out right and leave that other tensor untouched.
+#[test]
+fn add_product_matches_a_loop_and_never_writes_a_shared_buffer() {
+    use idlora_adapter::product::add_product;
+    let device = Device::flex();
+    for &(m, k, n) in &[(3, 2, 5), (260, 40, 300)] {
+        let y = Tensor::<2>::random([m, n], Distribution::Normal(0.0, 1.0), &device);
+        let a_t = Tensor::<2>::random([k, m], Distribution::Normal(0.0, 1.0), &device);
+        let b = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
+        let (yv, av, bv) = (vec2(y.clone()), vec2(a_t.clone()), vec2(b.clone()));
+        let want: Vec<f32> = (0..m * n)
+            .map(|idx| {
+                let (i, j) = (idx / n, idx % n);
+                let p: f64 = (0..k).map(|q| f64::from(av[q * m + i]) * f64::from(bv[q * n + j])).sum();
+                (f64::from(yv[idx]) + p) as f32
+            })
+            .collect();
+        let kept = y.clone();
+        let shared = vec2(add_product(y.clone(), a_t.clone().transpose(), b.clone()));
+        assert!(rel_err(&shared, &want) < 1e-5, "{m}x{k}x{n} shared: {}", rel_err(&shared, &want));
+        drop(y);
+        assert_eq!(vec2(kept.clone()), yv, "{m}x{k}x{n}: the shared y was written");
+        let owned = vec2(add_product(kept, a_t.transpose(), b));
+        assert!(rel_err(&owned, &want) < 1e-5, "{m}x{k}x{n} owned: {}", rel_err(&owned, &want));
+    }
+}
