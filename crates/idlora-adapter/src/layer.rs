@@ -32,7 +32,7 @@ fn zeros(shape: [usize; 2], device: &Device) -> Param<Tensor<2>> {
 
 /// Whether a dropout layer would drop anything on this input (mirrors `Dropout::forward`).
 fn dropout_active(dropout: &Dropout, x: &Tensor<2>) -> bool {
-    dropout.prob > 0.0 && dropout.training.is_enabled() && x.device().is_autodiff()
+    crate::dropout::is_active(dropout, &x.device())
 }
 
 /// What an adapter adds to the base output: one product (all methods but DoRA), which the CPU
@@ -354,7 +354,7 @@ impl AdaptedLinear {
         match adapter {
             // The scale goes on the small `[n, r]` intermediate, not on the `[n, d_out]` output.
             Adapter::Lora(l) => {
-                product(l.dropout.forward(x).matmul(l.a.val()).mul_scalar(l.scale), l.b.val())
+                product(crate::dropout::apply(&l.dropout, x).matmul(l.a.val()).mul_scalar(l.scale), l.b.val())
             }
             Adapter::Dora(d) => {
                 let l = &d.lora;
@@ -362,7 +362,7 @@ impl AdaptedLinear {
                 let [_, d_out] = w0.dims();
                 let scale = d.magnitude.val().reshape([1, d_out]) / d.weight_norm(w0.clone());
                 let active = dropout_active(&l.dropout, &x);
-                let xd = l.dropout.forward(x);
+                let xd = crate::dropout::apply(&l.dropout, x);
                 // The base part without bias: reuse y0 unless dropout changed the input.
                 let base = if active { xd.clone().matmul(w0) } else { self.without_bias(y0) };
                 let lora = xd.matmul(l.a.val()).mul_scalar(l.scale).matmul(l.b.val());
@@ -372,7 +372,7 @@ impl AdaptedLinear {
                 let [n, _] = x.dims();
                 let r = h.a.dims()[1];
                 let w = route(&h.router, x.clone());
-                let a = h.dropout.forward(x).matmul(h.a.val());
+                let a = crate::dropout::apply(&h.dropout, x).matmul(h.a.val());
                 // u = w (outer) A x, flattened head-major: then one product with the stacked heads.
                 let u = w.reshape([n, h.heads, 1]).mul_scalar(h.scale) * a.reshape([n, 1, r]);
                 product(u.reshape([n, h.heads * r]), h.b.val())
@@ -382,7 +382,7 @@ impl AdaptedLinear {
                 let nr = m.a.dims()[1];
                 let r = nr / m.experts;
                 let w = route(&m.router, x.clone());
-                let a = m.dropout.forward(x).matmul(m.a.val());
+                let a = crate::dropout::apply(&m.dropout, x).matmul(m.a.val());
                 let u = a.reshape([n, m.experts, r]) * w.reshape([n, m.experts, 1]).mul_scalar(m.scale);
                 product(u.reshape([n, nr]), m.b.val())
             }
@@ -530,7 +530,7 @@ impl IdLora {
         if self.basis == BasisPath::Explicit || input_dropout {
             // A = W0[S, :] in PEFT layout, i.e. the columns S of our [d_in, d_out] weight.
             let a = base.weight.val().select(1, self.indices.clone());
-            return self.dropout.forward(x).matmul(a);
+            return crate::dropout::apply(&self.dropout, x).matmul(a);
         }
         let u = y0.select(1, self.indices.clone());
         match &base.bias {
@@ -550,7 +550,7 @@ impl IdLora {
         let w = route(&self.router, x.clone());
         let mut u = self.bases(base, x, y0);
         if self.dropout_site == DropoutSite::Gathered {
-            u = self.dropout.forward(u);
+            u = crate::dropout::apply(&self.dropout, u);
         }
         // Router weight and scale in one `[n, k]` factor, applied to the small `u`.
         let u = u.reshape([n, k, r]) * w.mul_scalar(self.scale).reshape([n, k, 1]);

@@ -23,6 +23,7 @@
 //! assert_eq!(layer.trainable_params(), 8 * (32 + 32));
 //! ```
 
+mod dropout;
 pub mod error;
 pub mod layer;
 pub mod method;
