@@ -46,7 +46,7 @@ fn draw_seed(device: &Device) -> u64 {
 
 /// `n` mask entries for keep probability `keep`: `1 / keep` where a uniform 32-bit draw falls
 /// below `keep * 2^32`, else 0. Chunk `i` is stream `i` of ChaCha8 keyed by `seed`.
-pub fn mask(n: usize, keep: f64, seed: u64) -> Vec<f32> {
+pub(crate) fn mask(n: usize, keep: f64, seed: u64) -> Vec<f32> {
     let threshold = (keep.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
     let scale = (1.0 / keep) as f32;
     let mut out = vec![0f32; n];

@@ -10,6 +10,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use idlora_cluster::select::IndexSets;
 
+use crate::dropout;
 use crate::error::{AdapterError, Result};
 use crate::method::{BasisPath, DropoutSite, MethodConfig, MethodKind};
 use crate::params::idlora_b_shape;
@@ -28,11 +29,6 @@ fn kaiming(shape: [usize; 2], fan_in: usize, fan_out: usize, device: &Device) ->
 
 fn zeros(shape: [usize; 2], device: &Device) -> Param<Tensor<2>> {
     Param::from_tensor(Tensor::zeros(shape, device))
-}
-
-/// Whether a dropout layer would drop anything on this input (mirrors `Dropout::forward`).
-fn dropout_active(dropout: &Dropout, x: &Tensor<2>) -> bool {
-    crate::dropout::is_active(dropout, &x.device())
 }
 
 /// What an adapter adds to the base output: one product (all methods but DoRA), which the CPU
@@ -354,15 +350,15 @@ impl AdaptedLinear {
         match adapter {
             // The scale goes on the small `[n, r]` intermediate, not on the `[n, d_out]` output.
             Adapter::Lora(l) => {
-                product(crate::dropout::apply(&l.dropout, x).matmul(l.a.val()).mul_scalar(l.scale), l.b.val())
+                product(dropout::apply(&l.dropout, x).matmul(l.a.val()).mul_scalar(l.scale), l.b.val())
             }
             Adapter::Dora(d) => {
                 let l = &d.lora;
                 let w0 = self.base.weight.val();
                 let [_, d_out] = w0.dims();
                 let scale = d.magnitude.val().reshape([1, d_out]) / d.weight_norm(w0.clone());
-                let active = dropout_active(&l.dropout, &x);
-                let xd = crate::dropout::apply(&l.dropout, x);
+                let active = dropout::is_active(&l.dropout, &x.device());
+                let xd = dropout::apply(&l.dropout, x);
                 // The base part without bias: reuse y0 unless dropout changed the input.
                 let base = if active { xd.clone().matmul(w0) } else { self.without_bias(y0) };
                 let lora = xd.matmul(l.a.val()).mul_scalar(l.scale).matmul(l.b.val());
@@ -372,7 +368,7 @@ impl AdaptedLinear {
                 let [n, _] = x.dims();
                 let r = h.a.dims()[1];
                 let w = route(&h.router, x.clone());
-                let a = crate::dropout::apply(&h.dropout, x).matmul(h.a.val());
+                let a = dropout::apply(&h.dropout, x).matmul(h.a.val());
                 // u = w (outer) A x, flattened head-major: then one product with the stacked heads.
                 let u = w.reshape([n, h.heads, 1]).mul_scalar(h.scale) * a.reshape([n, 1, r]);
                 product(u.reshape([n, h.heads * r]), h.b.val())
@@ -382,7 +378,7 @@ impl AdaptedLinear {
                 let nr = m.a.dims()[1];
                 let r = nr / m.experts;
                 let w = route(&m.router, x.clone());
-                let a = crate::dropout::apply(&m.dropout, x).matmul(m.a.val());
+                let a = dropout::apply(&m.dropout, x).matmul(m.a.val());
                 let u = a.reshape([n, m.experts, r]) * w.reshape([n, m.experts, 1]).mul_scalar(m.scale);
                 product(u.reshape([n, nr]), m.b.val())
             }
@@ -526,11 +522,12 @@ impl IdLora {
 
     /// The gathered bases `u = [A_1 x; ...; A_k x]`, `[n, k r]`.
     fn bases(&self, base: &Linear, x: Tensor<2>, y0: Tensor<2>) -> Tensor<2> {
-        let input_dropout = self.dropout_site == DropoutSite::Input && dropout_active(&self.dropout, &x);
+        let input_dropout =
+            self.dropout_site == DropoutSite::Input && dropout::is_active(&self.dropout, &x.device());
         if self.basis == BasisPath::Explicit || input_dropout {
             // A = W0[S, :] in PEFT layout, i.e. the columns S of our [d_in, d_out] weight.
             let a = base.weight.val().select(1, self.indices.clone());
-            return crate::dropout::apply(&self.dropout, x).matmul(a);
+            return dropout::apply(&self.dropout, x).matmul(a);
         }
         let u = y0.select(1, self.indices.clone());
         match &base.bias {
@@ -550,16 +547,16 @@ impl IdLora {
         let w = route(&self.router, x.clone());
         let mut u = self.bases(base, x, y0);
         if self.dropout_site == DropoutSite::Gathered {
-            u = crate::dropout::apply(&self.dropout, u);
+            u = dropout::apply(&self.dropout, u);
         }
         // Router weight and scale in one `[n, k]` factor, applied to the small `u`.
         let u = u.reshape([n, k, r]) * w.mul_scalar(self.scale).reshape([n, k, 1]);
-        let b_in = self.b.dims()[0];
-        if self.rank_boost {
+        let lhs = if self.rank_boost {
             // [B u_1; ...; B u_p]: the p parts of u are rows of one product with the shared B.
-            (u.reshape([n * self.p, b_in]), self.b.val())
+            u.reshape([n * self.p, self.b.dims()[0]])
         } else {
-            (u.sum_dim(1).reshape([n, r]), self.b.val())
-        }
+            u.sum_dim(1).reshape([n, r])
+        };
+        (lhs, self.b.val())
     }
 }
