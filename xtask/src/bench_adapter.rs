@@ -70,7 +70,7 @@ pub fn run(args: TableArgs) -> Result<()> {
         );
     }
     let mut md = String::new();
-    md.push_str("| shape | r | pass | base ms | LoRA | DoRA | HydraLoRA | MoELoRA | ID-LoRA | ID-LoRA / LoRA overhead |\n");
+    md.push_str("| shape | r | pass | base ms | LoRA | DoRA | HydraLoRA | MoELoRA | ID-LoRA | ID-LoRA time / LoRA time |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     for (group, times) in &groups {
         let parts: Vec<&str> = group.split('/').collect();
@@ -81,8 +81,9 @@ pub fn run(args: TableArgs) -> Result<()> {
             .iter()
             .map(|m| overhead(m).map_or("-".into(), |o| format!("{:+.1}%", 100.0 * o)))
             .collect();
-        let ratio = match (overhead("idlora"), overhead("lora")) {
-            (Some(i), Some(l)) if l > 0.0 => format!("{:.2}", i / l),
+        // Times, not overheads: a ratio of two overheads of a few percent is mostly noise.
+        let ratio = match (times.get("idlora"), times.get("lora")) {
+            (Some(i), Some(l)) if *l > 0.0 => format!("{:.3}", i / l),
             _ => "-".into(),
         };
         md.push_str(&format!(
@@ -160,7 +161,9 @@ pub fn run_interleaved(args: InterleavedArgs) -> Result<()> {
         "{} tokens, CPU backend (burn flex), {} rounds; overhead = median over rounds of method / base - 1, \
          the base timed right before each method; ±: half the interquartile range of the rounds' ratios \
          (percentage points).\n\n\
-         | shape | r | pass | base ms | LoRA | DoRA | HydraLoRA | MoELoRA | ID-LoRA | ID-LoRA / LoRA overhead |\n\
+         The last column: median over rounds of ID-LoRA's time / LoRA's, timed back to back, ± half \
+         its interquartile range (rounds where ID-LoRA was not slower / rounds).\n\n\
+         | shape | r | pass | base ms | LoRA | DoRA | HydraLoRA | MoELoRA | ID-LoRA | ID-LoRA time / LoRA time |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
         args.tokens, args.rounds
     );
@@ -197,8 +200,16 @@ pub fn run_interleaved(args: InterleavedArgs) -> Result<()> {
                 // Paired: the base runs right before each method, and each method's overhead is
                 // the median over rounds of its time over that base time. A drift of this shared
                 // machine then hits both sides of a ratio, not one method's median.
+                //
+                // The target (ID-LoRA's overhead at most LoRA's) is tested head to head: every
+                // round also times LoRA and ID-LoRA back to back, in alternating order, and the
+                // last column is the median of ID-LoRA's time over LoRA's. (A ratio of the two
+                // overheads divides one noisy small number by another: at +2% ± 5 it says nothing.)
+                let position = |kind| kinds.iter().position(|&k| k == kind).unwrap_or(0);
+                let (lora, idlora) = (position(MethodKind::Lora), position(MethodKind::IdLora));
                 let mut base_times = Vec::new();
                 let mut ratios = vec![Vec::new(); kinds.len()];
+                let mut head_to_head = Vec::new();
                 for round in 0..=args.rounds {
                     for (i, l) in layers.iter().enumerate().skip(1) {
                         let (tb, tm) = (run(&layers[0])?, run(l)?);
@@ -208,27 +219,32 @@ pub fn run_interleaved(args: InterleavedArgs) -> Result<()> {
                             ratios[i].push(tm / tb);
                         }
                     }
+                    let (t_lora, t_id) = if round % 2 == 0 {
+                        let t = run(&layers[lora])?;
+                        (t, run(&layers[idlora])?)
+                    } else {
+                        let t = run(&layers[idlora])?;
+                        (run(&layers[lora])?, t)
+                    };
+                    if round > 0 {
+                        head_to_head.push(t_id / t_lora);
+                    }
                 }
-                let median = |t: &mut Vec<f64>| {
-                    t.sort_by(f64::total_cmp);
-                    t[t.len() / 2]
+                let base_ms = median_sorted(&mut base_times);
+                let cell = |r: &mut Vec<f64>, offset: f64| {
+                    let m = median_sorted(r);
+                    format!("{:+.1}% ±{:.1}", 100.0 * (m - offset), 100.0 * half_iqr(r))
                 };
-                let base_ms = median(&mut base_times);
-                let over: Vec<f64> =
-                    ratios.iter_mut().map(|r| if r.is_empty() { 0.0 } else { median(r) - 1.0 }).collect();
-                // Half the interquartile range of the per-round ratios: how far apart rounds are.
-                let spread: Vec<f64> = ratios
-                    .iter()
-                    .map(|r| if r.is_empty() { 0.0 } else { (r[3 * r.len() / 4] - r[r.len() / 4]) / 2.0 })
-                    .collect();
-                let cells: Vec<String> = over[1..]
-                    .iter()
-                    .zip(&spread[1..])
-                    .map(|(o, s)| format!("{:+.1}% ±{:.1}", 100.0 * o, 100.0 * s))
-                    .collect();
-                let ratio = if over[1] > 0.0 { format!("{:.2}", over[5] / over[1]) } else { "-".into() };
+                let cells: Vec<String> = ratios[1..].iter_mut().map(|r| cell(r, 1.0)).collect();
+                let faster = head_to_head.iter().filter(|&&q| q <= 1.0).count();
+                let h2h = format!(
+                    "{:.3} ±{:.3} ({faster}/{})",
+                    median_sorted(&mut head_to_head),
+                    half_iqr(&head_to_head),
+                    head_to_head.len()
+                );
                 let line = format!(
-                    "| {d_in} -> {d_out} | {r} | {} | {base_ms:.1} | {} | {ratio} |\n",
+                    "| {d_in} -> {d_out} | {r} | {} | {base_ms:.1} | {} | {h2h} |\n",
                     if backward { "forward + backward" } else { "forward" },
                     cells.join(" | ")
                 );
@@ -241,4 +257,15 @@ pub fn run_interleaved(args: InterleavedArgs) -> Result<()> {
         std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
+}
+
+/// Sorts `t` and returns its median (`NaN` when empty).
+fn median_sorted(t: &mut [f64]) -> f64 {
+    t.sort_by(f64::total_cmp);
+    t.get(t.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Half the interquartile range of sorted `t`: how far apart the rounds are (0 when empty).
+fn half_iqr(t: &[f64]) -> f64 {
+    if t.is_empty() { 0.0 } else { (t[3 * t.len() / 4] - t[t.len() / 4]) / 2.0 }
 }
