@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::Value;
 
+use crate::bench_lm::median;
 use crate::paths;
 
 /// Arguments of `cargo xtask bench adapter-table`.
@@ -230,16 +231,17 @@ pub fn run_interleaved(args: InterleavedArgs) -> Result<()> {
                         head_to_head.push(t_id / t_lora);
                     }
                 }
-                let base_ms = median_sorted(&mut base_times);
-                let cell = |r: &mut Vec<f64>, offset: f64| {
-                    let m = median_sorted(r);
-                    format!("{:+.1}% ±{:.1}", 100.0 * (m - offset), 100.0 * half_iqr(r))
-                };
-                let cells: Vec<String> = ratios[1..].iter_mut().map(|r| cell(r, 1.0)).collect();
+                let base_ms = median(base_times);
+                let cells: Vec<String> = ratios[1..]
+                    .iter()
+                    .map(|r| {
+                        format!("{:+.1}% ±{:.1}", 100.0 * (median(r.clone()) - 1.0), 100.0 * half_iqr(r))
+                    })
+                    .collect();
                 let faster = head_to_head.iter().filter(|&&q| q <= 1.0).count();
                 let h2h = format!(
                     "{:.3} ±{:.3} ({faster}/{})",
-                    median_sorted(&mut head_to_head),
+                    median(head_to_head.clone()),
                     half_iqr(&head_to_head),
                     head_to_head.len()
                 );
@@ -259,13 +261,9 @@ pub fn run_interleaved(args: InterleavedArgs) -> Result<()> {
     Ok(())
 }
 
-/// Sorts `t` and returns its median (`NaN` when empty).
-fn median_sorted(t: &mut [f64]) -> f64 {
-    t.sort_by(f64::total_cmp);
-    t.get(t.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// Half the interquartile range of sorted `t`: how far apart the rounds are (0 when empty).
+/// Half the interquartile range of `t`: how far apart the rounds are (0 when empty).
 fn half_iqr(t: &[f64]) -> f64 {
+    let mut t = t.to_vec();
+    t.sort_by(f64::total_cmp);
     if t.is_empty() { 0.0 } else { (t[3 * t.len() / 4] - t[t.len() / 4]) / 2.0 }
 }
