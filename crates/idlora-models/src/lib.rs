@@ -12,6 +12,7 @@ pub mod generate;
 pub mod load;
 pub mod model;
 pub mod rope;
+pub mod swiglu;
 pub mod tokenizer;
 
 pub use config::{Architecture, ModelConfig};

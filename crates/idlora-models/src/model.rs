@@ -3,7 +3,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -12,6 +11,7 @@ use idlora_adapter::AdaptedLinear;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::rope;
+use crate::swiglu::swiglu;
 
 /// RMSNorm: `x / sqrt(mean(x^2) + eps) * w`.
 #[derive(Module, Debug)]
@@ -63,7 +63,7 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        self.down_proj.forward(swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)))
     }
 }
 
