@@ -27,7 +27,7 @@ pub fn nll_sum(model: &CausalLm, batch: &Batch) -> Result<Tensor<1>> {
 
 /// `-sum_i log softmax(logits_i)[targets_i]` for `logits: [n, vocab]`, as a one-element tensor.
 ///
-/// On burn's CPU backend under autodiff this is one fused operation (see [`fused`]); elsewhere
+/// On burn's CPU backend under autodiff this is one fused operation (the private `fused` module); elsewhere
 /// `log_softmax`, `gather` and `sum`. Targets must be below `vocab` (the batcher's tokens are).
 ///
 /// ```
@@ -71,7 +71,7 @@ fn generic_cross_entropy_sum(logits: Tensor<2>, targets: &[u32]) -> Tensor<1> {
 /// backward writes `g (softmax - onehot)` over the logits' own buffer, which nothing else holds by
 /// then (the head's matmul does not keep its output), so no `[n, vocab]` tensor is allocated.
 #[cfg(feature = "flex")]
-pub(crate) mod fused {
+mod fused {
     use std::sync::Arc;
 
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -91,7 +91,7 @@ pub(crate) mod fused {
 
     /// The fused loss, or the logits back when they are not an `f32` flex tensor under autodiff.
     #[allow(clippy::result_large_err)] // the `Err` hands the caller's own tensor back, once
-    pub(crate) fn cross_entropy_sum(logits: Tensor<2>, targets: &[u32]) -> Result<Tensor<1>, Tensor<2>> {
+    pub(super) fn cross_entropy_sum(logits: Tensor<2>, targets: &[u32]) -> Result<Tensor<1>, Tensor<2>> {
         let [n, vocab] = logits.dims();
         if n != targets.len() || targets.iter().any(|&t| t as usize >= vocab) {
             return Err(logits);
@@ -135,7 +135,7 @@ pub(crate) mod fused {
     }
 
     /// Each row's log-sum-exp, in `f64`, rows in parallel.
-    pub(crate) fn row_lse(x: &[f32], vocab: usize) -> Vec<f64> {
+    fn row_lse(x: &[f32], vocab: usize) -> Vec<f64> {
         x.par_chunks(vocab)
             .map(|row| {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
