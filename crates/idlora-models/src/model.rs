@@ -261,8 +261,12 @@ impl CausalLm {
         let h2 = h.reshape([b * s, d]);
         let out = match &self.lm_head {
             Some(w) => h2.matmul(w.val()),
-            // Tied: E h^T, transposed back, so the [vocab, hidden] embedding is never repacked.
-            None => self.embed_tokens.val().matmul(h2.transpose()).transpose(),
+            // Tied: h E^T, the embedding read through a transposed view (gemm takes any strides).
+            // The output is row-major `[tokens, vocab]` as the loss and the callers read it; the
+            // other order, `(E h^T)^T`, made every later reshape copy the whole transposed block
+            // (at 1024 tokens: 200 MB, and 1.73 s against 1.44 s for the head's forward and
+            // backward).
+            None => h2.matmul(self.embed_tokens.val().transpose()),
         };
         let v = out.dims()[1];
         out.reshape([b, s, v])
