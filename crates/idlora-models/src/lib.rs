@@ -6,6 +6,7 @@
 //! tied or untied head. Every projection is an [`idlora_adapter::AdaptedLinear`].
 
 pub mod adapters;
+pub mod attention;
 pub mod config;
 pub mod error;
 pub mod generate;

@@ -331,6 +331,14 @@ impl CausalLm {
             Some(kv) => kv.append(layer, k, v),
             None => (k, v),
         };
+        // Training: causal attention without a mask as one autodiff operation on the CPU backend
+        // (grouped heads read as they are); `None` everywhere else.
+        if mask.is_none()
+            && s > 1
+            && let Some(out) = crate::attention::causal(&q, &k, &v)
+        {
+            return attn.o_proj.forward(out.swap_dims(1, 2).reshape([b, s, h * d]));
+        }
         let t = k.dims()[2];
         let groups = h / kvh;
         let (k, v) = if groups > 1 && !grouped_kv {
