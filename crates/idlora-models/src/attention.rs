@@ -19,8 +19,8 @@ use burn::tensor::Tensor;
 
 /// `softmax(Q K^T / sqrt(d) + causal mask) V` for `q: [b, h, s, d]` and `k, v: [b, kv_heads, t, d]`
 /// with `h` a multiple of `kv_heads` and `t >= s` (query `i` sees keys `j <= i + t - s`, the
-/// alignment of burn's `is_causal`), when all three are f32 tensors of burn's CPU backend under
-/// autodiff; `None` otherwise, for the caller's general path.
+/// alignment of burn's `is_causal`), when all three are f32 tensors of burn's CPU backend, all
+/// under autodiff or none; `None` otherwise, for the caller's general path.
 ///
 /// ```
 /// use burn::tensor::{Device, Distribution, Tensor};
@@ -121,6 +121,19 @@ mod flex {
         let context = qd.autodiff;
         if kd.autodiff != context || vd.autodiff != context {
             return None;
+        }
+        if context == DispatchAutodiffContext::Disabled {
+            let plain = |x: &DispatchTensor| match &x.kind {
+                DispatchTensorKind::Flex(BackendTensor::Float(f)) if f.dtype() == DType::F32 => {
+                    Some(f.clone())
+                }
+                _ => None,
+            };
+            let out = infer(&plain(&qd)?, &plain(&kd)?, &plain(&vd)?, dims);
+            return Some(Tensor::from_dispatch(DispatchTensor {
+                kind: DispatchTensorKind::Flex(BackendTensor::Float(out)),
+                autodiff: DispatchAutodiffContext::Disabled,
+            }));
         }
         let inner = |x: &DispatchTensor| match &x.kind {
             DispatchTensorKind::Autodiff(inner) => match inner.as_ref() {
@@ -247,48 +260,43 @@ mod flex {
         }
     }
 
+    /// The output `[b, h, s, d]` and each row's log-sum-exp (`[b, h, s]`) of contiguous `q`, `k`,
+    /// `v`. One task per (sequence, query head): each writes its own block of both.
+    fn forward(qv: &[f32], kv: &[f32], vv: &[f32], dims: Dims) -> (Vec<f32>, Vec<f32>) {
+        let Dims { b, h, kvh, s, t, d } = dims;
+        let groups = dims.groups();
+        let mut out = vec![0.0f32; b * h * s * d];
+        let mut lse = vec![0.0f32; b * h * s];
+        out.par_chunks_mut(s * d).zip(lse.par_chunks_mut(s)).enumerate().for_each(|(task, (out, lse))| {
+            let (bi, hq) = (task / h, task % h);
+            let kv_at = (bi * kvh + hq / groups) * t * d;
+            let (kg, vg) = (&kv[kv_at..kv_at + t * d], &vv[kv_at..kv_at + t * d]);
+            let qh = &qv[task * s * d..(task + 1) * s * d];
+            let mut p = vec![0.0f32; s * t];
+            probabilities(dims, qh, kg, &mut p, Some(lse), None);
+            for (r0, r1, keys) in dims.blocks() {
+                gemm((r1 - r0, d, keys), &mut out[r0 * d..], d, false, &p[r0 * t..], (t, 1), vg, (d, 1), 1.0);
+            }
+        });
+        (out, lse)
+    }
+
+    /// Without autodiff: the output only.
+    fn infer(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, dims: Dims) -> FlexTensor {
+        let (qc, kc, vc) = (contiguous(q), contiguous(k), contiguous(v));
+        let (out, _) = forward(values(&qc), values(&kc), values(&vc), dims);
+        FlexTensor::from_data(TensorData::new(out, [dims.b, dims.h, dims.s, dims.d]))
+    }
+
     fn run<C: CheckpointStrategy>(
         q: &FloatTensor<Autodiff<Flex, C>>,
         k: &FloatTensor<Autodiff<Flex, C>>,
         v: &FloatTensor<Autodiff<Flex, C>>,
         dims: Dims,
     ) -> FloatTensor<Autodiff<Flex, C>> {
-        let Dims { b, h, kvh, s, t, d } = dims;
+        let Dims { b, h, s, d, .. } = dims;
         let (qc, kc, vc) = (contiguous(q.primitive()), contiguous(k.primitive()), contiguous(v.primitive()));
-        let (qv, kv, vv) = (values(&qc), values(&kc), values(&vc));
-        let groups = dims.groups();
-        let mut out = vec![0.0f32; b * h * s * d];
-        let mut lse = vec![0.0f32; b * h * s];
-        // One task per (sequence, key/value head): its query heads are a contiguous block of
-        // `out` and `lse`.
-        out.par_chunks_mut(groups * s * d).zip(lse.par_chunks_mut(groups * s)).enumerate().for_each(
-            |(task, (out, lse))| {
-                let (bi, g) = (task / kvh, task % kvh);
-                let kv_at = (bi * kvh + g) * t * d;
-                let (kg, vg) = (&kv[kv_at..kv_at + t * d], &vv[kv_at..kv_at + t * d]);
-                let mut p = vec![0.0f32; s * t];
-                for j in 0..groups {
-                    let hq = g * groups + j;
-                    let q_at = (bi * h + hq) * s * d;
-                    let qh = &qv[q_at..q_at + s * d];
-                    probabilities(dims, qh, kg, &mut p, Some(&mut lse[j * s..(j + 1) * s]), None);
-                    let out = &mut out[j * s * d..(j + 1) * s * d];
-                    for (r0, r1, keys) in dims.blocks() {
-                        gemm(
-                            (r1 - r0, d, keys),
-                            &mut out[r0 * d..],
-                            d,
-                            false,
-                            &p[r0 * t..],
-                            (t, 1),
-                            vg,
-                            (d, 1),
-                            1.0,
-                        );
-                    }
-                }
-            },
-        );
+        let (out, lse) = forward(values(&qc), values(&kc), values(&vc), dims);
         let out = FlexTensor::from_data(TensorData::new(out, [b, h, s, d]));
         match FusedCausal.prepare::<C>([q.node(), k.node(), v.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -465,16 +473,32 @@ mod tests {
         }
     }
 
+    /// Without autodiff (a prompt's forward): the output against burn's attention, grouped heads
+    /// and several row blocks.
+    #[test]
+    fn inference_matches_burn() {
+        let device = Device::flex();
+        device.seed(12);
+        let (b, h, kvh, s, d) = (2, 6, 2, 130, 16);
+        let q = Tensor::<4>::random([b, h, s, d], Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<4>::random([b, kvh, s, d], Distribution::Normal(0.0, 1.0), &device);
+        let v = Tensor::<4>::random([b, kvh, s, d], Distribution::Normal(0.0, 1.0), &device);
+        let rep =
+            |x: Tensor<4>| x.reshape([b, kvh, 1, s, d]).expand([b, kvh, h / kvh, s, d]).reshape([b, h, s, d]);
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let want = values(attention(q.clone(), rep(k.clone()), rep(v.clone()), None, None, options));
+        close(&values(causal(&q, &k, &v).expect("flex f32 tensors")), &want, "inference");
+    }
+
     #[test]
     fn other_inputs_are_left_to_the_general_path() {
-        let plain = Device::flex();
-        let q = Tensor::<4>::zeros([1, 2, 3, 4], &plain);
-        assert!(causal(&q, &q, &q).is_none(), "no autodiff");
         let ad = Device::flex().autodiff();
+        let mixed = Tensor::<4>::zeros([1, 3, 3, 4], &Device::flex());
         let q = Tensor::<4>::zeros([1, 3, 3, 4], &ad);
         let kv = Tensor::<4>::zeros([1, 2, 3, 4], &ad);
         assert!(causal(&q, &kv, &kv).is_none(), "3 query heads over 2 key/value heads");
         let short = Tensor::<4>::zeros([1, 3, 2, 4], &ad);
         assert!(causal(&q, &short, &short).is_none(), "fewer keys than queries");
+        assert!(causal(&q, &mixed, &mixed).is_none(), "autodiff queries with plain keys");
     }
 }
