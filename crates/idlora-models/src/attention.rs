@@ -69,6 +69,8 @@ mod flex {
     use burn::tensor::{DType, Tensor, TensorData};
     use rayon::prelude::*;
 
+    use crate::flex_util::values;
+
     /// Shapes of one call: batch, query heads, key/value heads, query rows, key rows, head size.
     #[derive(Clone, Copy, Debug)]
     struct Dims {
@@ -107,10 +109,6 @@ mod flex {
     /// A contiguous f32 copy of `t` unless it already is one (a reference-count increment).
     fn contiguous(t: &FlexTensor) -> FlexTensor {
         if t.is_contiguous() { t.clone() } else { t.to_contiguous() }
-    }
-
-    fn values(t: &FlexTensor) -> &[f32] {
-        t.as_slice::<f32>().unwrap_or(&[])
     }
 
     pub(super) fn causal(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
@@ -164,8 +162,8 @@ mod flex {
         }))
     }
 
-    /// `dst (m x n, row stride dst_rs) = beta * dst + lhs (m x k) rhs (k x n)`, one thread, any
-    /// strides (`(row, column)` pairs).
+    /// `dst (m x n, row stride dst_rs) = alpha lhs (m x k) rhs (k x n)`, added to `dst` when
+    /// `accumulate`; one thread; the inputs with any strides (`(row, column)` pairs).
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         (m, n, k): (usize, usize, usize),
@@ -214,16 +212,15 @@ mod flex {
         }
     }
 
-    /// Scores `scale Q K^T` of one query head into `p` (`s x t`), then the causal softmax in place;
-    /// returns nothing, writes each row's log-sum-exp into `lse` when given.
-    fn probabilities(
-        dims: Dims,
-        qh: &[f32],
-        kg: &[f32],
-        p: &mut [f32],
-        lse: Option<&mut [f32]>,
-        saved: Option<&[f32]>,
-    ) {
+    /// Each query row's log-sum-exp: computed by the forward, given back to the backward.
+    enum RowLse<'a> {
+        Compute(&'a mut [f32]),
+        Saved(&'a [f32]),
+    }
+
+    /// Scores `scale Q K^T` of one query head into `p` (`s x t`), then the causal softmax in place
+    /// (masked entries 0), with the rows' log-sum-exp computed into or read from `lse`.
+    fn probabilities(dims: Dims, qh: &[f32], kg: &[f32], p: &mut [f32], mut lse: RowLse<'_>) {
         let Dims { t, d, .. } = dims;
         for (r0, r1, keys) in dims.blocks() {
             gemm(
@@ -238,24 +235,21 @@ mod flex {
                 dims.scale(),
             );
         }
-        let mut lse = lse;
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
             let seen = dims.visible(i);
             let (live, masked) = row.split_at_mut(seen);
             masked.fill(0.0);
-            let l = match saved {
-                Some(saved) => saved[i],
-                None => {
+            let l = match &mut lse {
+                RowLse::Saved(saved) => saved[i],
+                RowLse::Compute(out) => {
                     let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let sum: f32 = live.iter().map(|&x| (x - max).exp()).sum();
-                    max + sum.ln()
+                    out[i] = max + sum.ln();
+                    out[i]
                 }
             };
             for x in live.iter_mut() {
                 *x = (*x - l).exp();
-            }
-            if let Some(lse) = lse.as_deref_mut() {
-                lse[i] = l;
             }
         }
     }
@@ -273,7 +267,7 @@ mod flex {
             let (kg, vg) = (&kv[kv_at..kv_at + t * d], &vv[kv_at..kv_at + t * d]);
             let qh = &qv[task * s * d..(task + 1) * s * d];
             let mut p = vec![0.0f32; s * t];
-            probabilities(dims, qh, kg, &mut p, Some(lse), None);
+            probabilities(dims, qh, kg, &mut p, RowLse::Compute(lse));
             for (r0, r1, keys) in dims.blocks() {
                 gemm((r1 - r0, d, keys), &mut out[r0 * d..], d, false, &p[r0 * t..], (t, 1), vg, (d, 1), 1.0);
             }
@@ -349,7 +343,7 @@ mod flex {
                         let at = (bi * h + hq) * s * d;
                         let (qh, oh, doh) = (&qv[at..at + s * d], &ov[at..at + s * d], &dov[at..at + s * d]);
                         let row_lse = &lse[(bi * h + hq) * s..(bi * h + hq + 1) * s];
-                        probabilities(dims, qh, kg, &mut p, None, Some(row_lse));
+                        probabilities(dims, qh, kg, &mut p, RowLse::Saved(row_lse));
                         let dqh = &mut dq[j * s * d..(j + 1) * s * d];
                         for (r0, r1, keys) in dims.blocks() {
                             let rows = r1 - r0;
@@ -411,16 +405,10 @@ mod tests {
     use burn::tensor::{Device, Distribution, Tensor};
 
     use super::causal;
-
-    fn values(t: Tensor<4>) -> Vec<f32> {
-        t.into_data().try_into_vec::<f32>().expect("f32 tensor")
-    }
+    use crate::flex_util::testing::{close_within, values};
 
     fn close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= 2e-5 + 1e-4 * y.abs(), "{what} [{i}]: {x} vs {y}");
-        }
+        close_within(a, b, (2e-5, 1e-4), what);
     }
 
     /// Output and the gradients of q, k and v against burn's attention on key/value heads repeated

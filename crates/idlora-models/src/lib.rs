@@ -9,6 +9,8 @@ pub mod adapters;
 pub mod attention;
 pub mod config;
 pub mod error;
+#[cfg(feature = "flex")]
+mod flex_util;
 pub mod generate;
 pub mod load;
 pub mod model;

@@ -49,34 +49,16 @@ mod flex {
         Autodiff, BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind, Flex,
         GradientCheckpointingStrategy,
     };
-    use burn::tensor::{DType, Tensor, TensorData};
+    use burn::tensor::{Tensor, TensorData};
     use rayon::prelude::*;
+
+    use crate::flex_util::{owned, usable, values};
 
     /// Elements per parallel task: large enough that a task's `exp`s outweigh handing it out.
     const CHUNK: usize = 16 * 1024;
 
     fn sigmoid(x: f32) -> f32 {
         1.0 / (1.0 + (-x).exp())
-    }
-
-    /// Whether `t` is an `f32`, contiguous flex tensor.
-    fn usable(t: &FlexTensor) -> bool {
-        t.dtype() == DType::F32 && t.is_contiguous()
-    }
-
-    fn values(t: &FlexTensor) -> &[f32] {
-        t.as_slice::<f32>().unwrap_or(&[])
-    }
-
-    /// `t` itself when it is the only owner of its buffer and starts at its beginning, else a copy:
-    /// either way a tensor whose storage can be written from index 0.
-    fn owned(t: FlexTensor) -> FlexTensor {
-        if t.is_unique() && t.layout().start_offset() == 0 {
-            t
-        } else {
-            let shape = t.layout().shape().clone();
-            FlexTensor::from_data(TensorData::new(values(&t).to_vec(), shape))
-        }
     }
 
     pub(super) fn swiglu<const D: usize>(
@@ -210,16 +192,10 @@ mod tests {
     use burn::tensor::{Device, Distribution, Tensor};
 
     use super::swiglu;
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_into_vec::<f32>().expect("f32 tensor")
-    }
+    use crate::flex_util::testing::{close_within, values};
 
     fn close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= 1e-6 + 1e-5 * y.abs(), "{what} [{i}]: {x} vs {y}");
-        }
+        close_within(a, b, (1e-6, 1e-5), what);
     }
 
     /// Forward and both input gradients against burn's `silu(g) * u`, with the inputs computed
