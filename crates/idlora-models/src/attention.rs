@@ -1,19 +1,22 @@
-//! Causal self-attention as one autodiff operation on burn's CPU backend, for training.
+//! Causal self-attention on burn's CPU backend: one autodiff operation each way for training, the
+//! same forward for a prompt.
 //!
 //! Under autodiff burn 0.22 computes attention with its generic composition
 //! (`attention_fallback`): the scores `Q K^T`, a causal mask built and applied, a max, a
 //! subtraction, `exp`, a sum, a division and the product with `V`, each a recorded operation on a
 //! `[batch, heads, seq, seq]` tensor with its own backward, the element-wise ones on one thread;
 //! grouped key/value heads must first be copied out to every query head. For SmolLM2 at 4 x 256
-//! training tokens, 30 layers of it took 3.0 s forward and backward (measured standalone), about a
-//! third of a training step, for 54 GFLOP of products.
+//! training tokens, 30 layers of it took 2.3-3.0 s forward and backward (measured standalone),
+//! about a third of a training step, for 54 GFLOP of products.
 //!
-//! [`causal`] computes the same function per (sequence, key/value head) in parallel: for each
-//! query head of the group the scores, the masked softmax and the output with three small gemm
-//! calls, keeping only each row's log-sum-exp. The backward recomputes the probabilities from it
-//! (as FlashAttention does) and accumulates the gradients of the group's shared keys and values
-//! over its query heads, so grouped heads are never copied. Elsewhere (no autodiff, the GPU
-//! backends, a mask) the model keeps burn's `attention`.
+//! [`causal`] computes the same function with one task per (sequence, query head): the scores, the
+//! masked softmax and the output by small single-threaded gemm calls over blocks of 64 query rows
+//! that skip the masked triangle, keeping only each row's log-sum-exp. The backward, one task per
+//! (sequence, key/value head), recomputes the probabilities from it (as FlashAttention does) and
+//! accumulates the gradients of the group's shared keys and values over its query heads, so
+//! grouped heads are never copied. Without autodiff the forward alone serves a prompt, so training
+//! and inference compute attention the same way. Elsewhere (the GPU backends, a mask, one-token
+//! decoding steps) the model keeps burn's `attention`.
 
 use burn::tensor::Tensor;
 

@@ -331,27 +331,24 @@ impl CausalLm {
             Some(kv) => kv.append(layer, k, v),
             None => (k, v),
         };
-        // Training: causal attention without a mask as one autodiff operation on the CPU backend
-        // (grouped heads read as they are); `None` everywhere else.
-        if mask.is_none()
-            && s > 1
-            && let Some(out) = crate::attention::causal(&q, &k, &v)
-        {
-            return attn.o_proj.forward(out.swap_dims(1, 2).reshape([b, s, h * d]));
-        }
-        let t = k.dims()[2];
-        let groups = h / kvh;
-        let (k, v) = if groups > 1 && !grouped_kv {
-            let expand = |x: Tensor<4>| {
-                x.reshape([b, kvh, 1, t, d]).expand([b, kvh, groups, t, d]).reshape([b, h, t, d])
+        // Causal attention without a mask (training batches, prompts) on the CPU backend: the
+        // fused operation of `crate::attention`, grouped heads read as they are. `None` elsewhere.
+        let is_causal = mask.is_none() && s > 1;
+        let fused = if is_causal { crate::attention::causal(&q, &k, &v) } else { None };
+        let out = fused.unwrap_or_else(|| {
+            let t = k.dims()[2];
+            let groups = h / kvh;
+            let (k, v) = if groups > 1 && !grouped_kv {
+                let expand = |x: Tensor<4>| {
+                    x.reshape([b, kvh, 1, t, d]).expand([b, kvh, groups, t, d]).reshape([b, h, t, d])
+                };
+                (expand(k), expand(v))
+            } else {
+                (k, v)
             };
-            (expand(k), expand(v))
-        } else {
-            (k, v)
-        };
-        let options =
-            AttentionModuleOptions { scale: None, softcap: None, is_causal: mask.is_none() && s > 1 };
-        let out = attention(q, k, v, mask, None, options);
+            let options = AttentionModuleOptions { scale: None, softcap: None, is_causal };
+            attention(q, k, v, mask, None, options)
+        });
         attn.o_proj.forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
     }
 }
