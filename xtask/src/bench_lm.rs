@@ -47,7 +47,12 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn python_env() -> Option<PathBuf> {
-    paths::python_venv("venv-lm", &["torch", "transformers", "gguf"], "import torch, transformers, gguf")
+    // transformers loads GGUF files only with accelerate installed (since 5.x).
+    paths::python_venv(
+        "venv-lm",
+        &["torch", "transformers", "accelerate", "gguf"],
+        "import torch, transformers, accelerate, gguf",
+    )
 }
 
 /// Runs the benchmark.

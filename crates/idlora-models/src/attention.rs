@@ -73,6 +73,7 @@ mod flex {
     use rayon::prelude::*;
 
     use crate::flex_util::values;
+    use crate::vmath;
 
     /// Shapes of one call: batch, query heads, key/value heads, query rows, key rows, head size.
     #[derive(Clone, Copy, Debug)]
@@ -238,23 +239,27 @@ mod flex {
                 dims.scale(),
             );
         }
-        for (i, row) in p.chunks_exact_mut(t).enumerate() {
-            let seen = dims.visible(i);
-            let (live, masked) = row.split_at_mut(seen);
-            masked.fill(0.0);
-            let l = match &mut lse {
-                RowLse::Saved(saved) => saved[i],
-                RowLse::Compute(out) => {
-                    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let sum: f32 = live.iter().map(|&x| (x - max).exp()).sum();
-                    out[i] = max + sum.ln();
-                    out[i]
+        vmath::vectorized(
+            #[inline(always)]
+            || {
+                for (i, row) in p.chunks_exact_mut(t).enumerate() {
+                    let seen = dims.visible(i);
+                    let (live, masked) = row.split_at_mut(seen);
+                    masked.fill(0.0);
+                    let l = match &mut lse {
+                        RowLse::Saved(saved) => saved[i],
+                        RowLse::Compute(out) => {
+                            let max = vmath::max(live);
+                            out[i] = max + vmath::sum_exp(live, max).ln();
+                            out[i]
+                        }
+                    };
+                    for x in live.iter_mut() {
+                        *x = vmath::exp(*x - l);
+                    }
                 }
-            };
-            for x in live.iter_mut() {
-                *x = (*x - l).exp();
-            }
-        }
+            },
+        );
     }
 
     /// The output `[b, h, s, d]` and each row's log-sum-exp (`[b, h, s]`) of contiguous `q`, `k`,

@@ -17,6 +17,7 @@ pub mod model;
 pub mod rope;
 pub mod swiglu;
 pub mod tokenizer;
+pub mod vmath;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};

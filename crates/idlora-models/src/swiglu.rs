@@ -53,13 +53,10 @@ mod flex {
     use rayon::prelude::*;
 
     use crate::flex_util::{owned, usable, values};
+    use crate::vmath::{self, sigmoid};
 
     /// Elements per parallel task: large enough that a task's `exp`s outweigh handing it out.
     const CHUNK: usize = 16 * 1024;
-
-    fn sigmoid(x: f32) -> f32 {
-        1.0 / (1.0 + (-x).exp())
-    }
 
     pub(super) fn swiglu<const D: usize>(
         g: Tensor<D>,
@@ -85,9 +82,14 @@ mod flex {
                 let uv = values(&uf);
                 out.storage_mut::<f32>()[..n].par_chunks_mut(CHUNK).zip(uv.par_chunks(CHUNK)).for_each(
                     |(o, u)| {
-                        for (o, &u) in o.iter_mut().zip(u) {
-                            *o = *o * sigmoid(*o) * u;
-                        }
+                        vmath::vectorized(
+                            #[inline(always)]
+                            || {
+                                for (o, &u) in o.iter_mut().zip(u) {
+                                    *o = *o * sigmoid(*o) * u;
+                                }
+                            },
+                        )
                     },
                 );
                 Ok(Tensor::from_dispatch(DispatchTensor {
@@ -136,9 +138,14 @@ mod flex {
         let mut out = vec![0.0f32; gv.len()];
         out.par_chunks_mut(CHUNK).zip(gv.par_chunks(CHUNK).zip(uv.par_chunks(CHUNK))).for_each(
             |(o, (g, u))| {
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    *o = g * sigmoid(g) * u;
-                }
+                vmath::vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                            *o = g * sigmoid(g) * u;
+                        }
+                    },
+                )
             },
         );
         let out = FlexTensor::from_data(TensorData::new(out, g.primitive().layout().shape().clone()));
@@ -168,12 +175,17 @@ mod flex {
             let (dgs, dus) = (&mut dg.storage_mut::<f32>()[..n], &mut du.storage_mut::<f32>()[..n]);
             dgs.par_chunks_mut(CHUNK).zip(dus.par_chunks_mut(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(
                 |((gs, us), dy)| {
-                    for ((g, u), &dy) in gs.iter_mut().zip(us.iter_mut()).zip(dy) {
-                        let s = sigmoid(*g);
-                        let (gv, uv) = (*g, *u);
-                        *g = dy * uv * s * (1.0 + gv * (1.0 - s));
-                        *u = dy * gv * s;
-                    }
+                    vmath::vectorized(
+                        #[inline(always)]
+                        || {
+                            for ((g, u), &dy) in gs.iter_mut().zip(us.iter_mut()).zip(dy) {
+                                let s = sigmoid(*g);
+                                let (gv, uv) = (*g, *u);
+                                *g = dy * uv * s * (1.0 + gv * (1.0 - s));
+                                *u = dy * gv * s;
+                            }
+                        },
+                    )
                 },
             );
             if let Some(node) = node_g {

@@ -87,6 +87,7 @@ mod fused {
         GradientCheckpointingStrategy,
     };
     use burn::tensor::{DType, Tensor, TensorData};
+    use idlora_models::vmath;
     use rayon::prelude::*;
 
     /// The fused loss, or the logits back when they are not an `f32` flex tensor under autodiff.
@@ -138,9 +139,13 @@ mod fused {
     fn row_lse(x: &[f32], vocab: usize) -> Vec<f64> {
         x.par_chunks(vocab)
             .map(|row| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f64 = row.iter().map(|&v| f64::from((v - max).exp())).sum();
-                f64::from(max) + sum.ln()
+                vmath::vectorized(
+                    #[inline(always)]
+                    || {
+                        let max = vmath::max(row);
+                        f64::from(max) + vmath::sum_exp_f64(row, max).ln()
+                    },
+                )
             })
             .collect()
     }
@@ -203,9 +208,14 @@ mod fused {
                     let rows = storage[..lse.len() * vocab].par_chunks_mut(vocab);
                     rows.zip(lse.par_iter()).zip(targets.par_iter()).for_each(|((row, &lse), &t)| {
                         let lse = lse as f32;
-                        for v in row.iter_mut() {
-                            *v = g * (*v - lse).exp();
-                        }
+                        vmath::vectorized(
+                            #[inline(always)]
+                            || {
+                                for v in row.iter_mut() {
+                                    *v = g * vmath::exp(*v - lse);
+                                }
+                            },
+                        );
                         row[t as usize] -= g;
                     });
                 }
