@@ -14,7 +14,7 @@ use crate::dropout;
 use crate::error::{AdapterError, Result};
 use crate::method::{BasisPath, DropoutSite, MethodConfig, MethodKind};
 use crate::params::idlora_b_shape;
-use crate::product::add_product;
+use crate::product::{self, add_product};
 
 /// PEFT's (and `nn.Linear`'s) initialiser for `A` and for routers: Kaiming-uniform with
 /// `a = sqrt(5)`, i.e. `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.
@@ -322,7 +322,7 @@ impl AdaptedLinear {
 
     /// Applies the layer to `x` of shape `[..., d_in]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y0 = self.base.forward(x.clone());
+        let y0 = self.base_forward(x.clone());
         let adapter = match (&self.adapter, self.merged) {
             (Some(adapter), false) => adapter,
             _ => return y0,
@@ -340,6 +340,24 @@ impl AdaptedLinear {
             }
             Update::Dense(delta) => y0.reshape([n, d_out]) + delta,
         };
+        y.reshape(dims)
+    }
+
+    /// `x W0 + b`. A few rows (a decoding step) go through [`product::matmul`], which spreads
+    /// the weights over the threads; more rows through burn's `Linear` as they are.
+    fn base_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mut dims = x.dims();
+        let n = dims[..D - 1].iter().product::<usize>();
+        if n > product::FEW_ROWS {
+            return self.base.forward(x);
+        }
+        let (d_in, d_out) = self.shape();
+        let y = product::matmul(x.reshape([n, d_in]), self.base.weight.val());
+        let y = match &self.base.bias {
+            Some(b) => y + b.val().reshape([1, d_out]),
+            None => y,
+        };
+        dims[D - 1] = d_out;
         y.reshape(dims)
     }
 

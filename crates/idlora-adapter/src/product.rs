@@ -10,6 +10,13 @@
 //! [`add_product`] therefore accumulates the product straight into the base output with one
 //! gemm call (`y <- y + a b`) whenever that buffer is owned by nobody else; everywhere else
 //! (autodiff, the GPU backends, a shared `y`) it is the plain `y + a.matmul(b)`.
+//!
+//! [`matmul`] is the other product that burn's CPU backend does poorly: one with a few rows, as
+//! every projection and the head are while decoding one token. The gemm crate computes a
+//! one-row product as a matrix-vector product on the calling thread alone, whatever parallelism
+//! it is given, so decoding streamed all of the model's weights through one core. On `flex`
+//! without autodiff, [`matmul`] splits such a product's columns into one block per thread; each
+//! block's gemm call reads its own part of the weights.
 
 use burn::tensor::Tensor;
 
@@ -34,6 +41,32 @@ pub fn add_product(y: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
     y + a.matmul(b)
 }
 
+/// Rows up to which [`matmul`] splits the columns across threads (decoding steps of a few
+/// sequences); above it gemm's own parallel blocking is the better split.
+pub const FEW_ROWS: usize = 8;
+
+/// `x w` for `x: [m, k]`, `w: [k, n]` (any strides, e.g. a transposed view); with at most
+/// [`FEW_ROWS`] rows on burn's CPU backend without autodiff, the columns are computed in one
+/// block per thread.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+///
+/// let device = Device::flex();
+/// let x = Tensor::<2>::from_floats([[1.0, 2.0]], &device);
+/// let w = Tensor::<2>::from_floats([[1.0, 0.0, 3.0], [0.0, 1.0, 4.0]], &device);
+/// let y = idlora_adapter::product::matmul(x, w);
+/// y.into_data().assert_eq(&Tensor::<2>::from_floats([[1.0, 2.0, 11.0]], &device).into_data(), true);
+/// ```
+pub fn matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    let (x, w) = match flex::matmul_few_rows(x, w) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
+    x.matmul(w)
+}
+
 // The `Err`s below hand the caller's own tensors back for the generic path; they live for one
 // call, so their size (a burn tensor handle is 256 bytes) does not matter.
 #[cfg(feature = "flex")]
@@ -41,7 +74,7 @@ pub fn add_product(y: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
 mod flex {
     use burn::backend::flex::FlexTensor;
     use burn::backend::{BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind};
-    use burn::tensor::{DType, Device, Tensor};
+    use burn::tensor::{DType, Device, Tensor, TensorData};
 
     /// Below this many multiply-adds one thread does the product (burn-flex's own threshold).
     const PARALLEL_MACS: usize = 192 * 192 * 192;
@@ -72,6 +105,79 @@ mod flex {
     }
 
     type Inputs = (Tensor<2>, Tensor<2>, Tensor<2>);
+
+    /// Below this many weights (`k n`) one thread does the product: handing out the blocks would
+    /// cost more than it saves.
+    const SPLIT_MIN_WEIGHTS: usize = 64 * 1024;
+
+    /// Column blocks are a multiple of this wide (one AVX-512 register of `f32`).
+    const BLOCK_ALIGN: usize = 16;
+
+    /// `Ok(x w)` with the columns split across threads, or `Err` with the inputs untouched.
+    pub(super) fn matmul_few_rows(x: Tensor<2>, w: Tensor<2>) -> Result<Tensor<2>, (Tensor<2>, Tensor<2>)> {
+        use rayon::prelude::*;
+
+        let device = x.device();
+        let ([m, k], [kw, n]) = (x.dims(), w.dims());
+        let threads = rayon::current_num_threads();
+        if device != Device::flex()
+            || device.is_autodiff()
+            || w.device() != device
+            || kw != k
+            || m == 0
+            || m > super::FEW_ROWS
+            || threads < 2
+            || k * n < SPLIT_MIN_WEIGHTS
+        {
+            return Err((x, w));
+        }
+        let (fx, fw) = match (into_flex(x.clone()), into_flex(w.clone())) {
+            (Ok(fx), Ok(fw)) => (fx, fw),
+            _ => return Err((x, w)),
+        };
+        let (x_rs, x_cs, x_off) = strides(&fx);
+        let (w_rs, w_cs, w_off) = strides(&fw);
+        let x_data: &[f32] = fx.storage();
+        let w_data: &[f32] = fw.storage();
+        let mut out = vec![0.0f32; m * n];
+        let block = n.div_ceil(threads).next_multiple_of(BLOCK_ALIGN);
+        // Raw addresses cross to the worker threads as integers; each block writes its own
+        // columns of `out` only.
+        let (xp, wp, op) = (x_data.as_ptr() as usize, w_data.as_ptr() as usize, out.as_mut_ptr() as usize);
+        (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
+            let c0 = b * block;
+            let cols = block.min(n - c0);
+            // SAFETY: `x` and `w` are read through their own offsets and strides, which the flex
+            // layouts keep inside their storage for every (row, column) of their shapes; the
+            // block reads columns c0 .. c0 + cols of `w`. `out` is m x n row-major and this block
+            // writes exactly its columns c0 .. c0 + cols, disjoint from every other block's; `out`
+            // outlives the parallel loop and aliases neither input.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    cols,
+                    k,
+                    (op as *mut f32).add(c0),
+                    1,
+                    n as isize,
+                    false,
+                    (xp as *const f32).add(x_off),
+                    x_cs,
+                    x_rs,
+                    (wp as *const f32).add(w_off).offset(c0 as isize * w_cs),
+                    w_cs,
+                    w_rs,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+        Ok(Tensor::from_data(TensorData::new(out, [m, n]), &device))
+    }
 
     /// `Ok(y + a b)` computed in place, or `Err` with the inputs untouched when the fast path does
     /// not apply.

@@ -774,3 +774,35 @@ fn add_product_matches_a_loop_and_never_writes_a_shared_buffer() {
         assert!(rel_err(&owned, &want) < 1e-5, "{m}x{k}x{n} owned: {}", rel_err(&owned, &want));
     }
 }
+
+/// `x w` with the columns split across threads (few rows, on the CPU backend) against an f64
+/// loop: one and several rows, widths that do not divide into the blocks, a transposed (strided)
+/// `w` like the tied head's, and row counts past the split that take burn's matmul. (Through a
+/// whole model: idlora-models' SmolLM2 test decodes its greedy continuation this way, in every
+/// projection and the head.)
+#[test]
+fn few_row_matmul_matches_a_loop() {
+    use idlora_adapter::product::{FEW_ROWS, matmul};
+    let device = Device::flex();
+    for &(m, k, n) in
+        &[(1, 300, 700), (3, 96, 1001), (FEW_ROWS, 64, 2048), (FEW_ROWS + 1, 64, 2048), (1, 4, 5)]
+    {
+        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+        let w_t = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
+        let (xv, wv) = (vec2(x.clone()), vec2(w_t.clone()));
+        let want: Vec<f32> = (0..m * n)
+            .map(|idx| {
+                let (i, j) = (idx / n, idx % n);
+                (0..k).map(|q| f64::from(xv[i * k + q]) * f64::from(wv[j * k + q])).sum::<f64>() as f32
+            })
+            .collect();
+        let strided = vec2(matmul(x.clone(), w_t.clone().transpose()));
+        assert!(rel_err(&strided, &want) < 1e-5, "{m}x{k}x{n} transposed w: {}", rel_err(&strided, &want));
+        let w = Tensor::<2>::from_data(
+            TensorData::new((0..k * n).map(|idx| wv[(idx % n) * k + idx / n]).collect::<Vec<f32>>(), [k, n]),
+            &device,
+        );
+        let plain = vec2(matmul(x, w));
+        assert!(rel_err(&plain, &want) < 1e-5, "{m}x{k}x{n} row-major w: {}", rel_err(&plain, &want));
+    }
+}
