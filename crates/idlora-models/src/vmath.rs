@@ -116,16 +116,7 @@ pub fn max(xs: &[f32]) -> f32 {
 /// ```
 #[inline(always)]
 pub fn sum_exp_f64(xs: &[f32], shift: f32) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += f64::from(exp(x - shift));
-        }
-    }
-    let t: f64 = tail.iter().map(|&x| f64::from(exp(x - shift))).sum();
-    acc.iter().sum::<f64>() + t
+    sum_exp_in(xs, shift)
 }
 
 /// `sum_i e^(x_i - shift)` in `f32`.
@@ -136,16 +127,25 @@ pub fn sum_exp_f64(xs: &[f32], shift: f32) -> f64 {
 /// ```
 #[inline(always)]
 pub fn sum_exp(xs: &[f32], shift: f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
+    sum_exp_in(xs, shift)
+}
+
+/// `sum_i e^(x_i - shift)` accumulated in `A` over [`LANES`] lanes.
+#[inline(always)]
+fn sum_exp_in<A>(xs: &[f32], shift: f32) -> A
+where
+    A: Copy + Default + std::ops::Add<Output = A> + From<f32>,
+{
+    let mut acc = [A::default(); LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
     for c in chunks {
         for (a, &x) in acc.iter_mut().zip(c) {
-            *a += exp(x - shift);
+            *a = *a + A::from(exp(x - shift));
         }
     }
-    let t: f32 = tail.iter().map(|&x| exp(x - shift)).sum();
-    acc.iter().sum::<f32>() + t
+    let t = tail.iter().fold(A::default(), |t, &x| t + A::from(exp(x - shift)));
+    acc.into_iter().fold(A::default(), |s, a| s + a) + t
 }
 
 /// Runs `f`, compiled with AVX-512 (F, BW, DQ, VL) where the CPU has it, else with AVX2 + FMA
