@@ -97,6 +97,16 @@ mod flex {
         })
     }
 
+    /// The flex tensors inside two read-only operands, converted from clones (a reference-count
+    /// increment each) so that the originals can go back untouched when a fast path does not
+    /// apply.
+    fn read_only(a: &Tensor<2>, b: &Tensor<2>) -> Option<(FlexTensor, FlexTensor)> {
+        match (into_flex(a.clone()), into_flex(b.clone())) {
+            (Ok(fa), Ok(fb)) => Some((fa, fb)),
+            _ => None,
+        }
+    }
+
     /// `(row stride, column stride, offset)` of a 2-D flex tensor.
     fn strides(t: &FlexTensor) -> (isize, isize, usize) {
         let layout = t.layout();
@@ -131,9 +141,8 @@ mod flex {
         {
             return Err((x, w));
         }
-        let (fx, fw) = match (into_flex(x.clone()), into_flex(w.clone())) {
-            (Ok(fx), Ok(fw)) => (fx, fw),
-            _ => return Err((x, w)),
+        let Some((fx, fw)) = read_only(&x, &w) else {
+            return Err((x, w));
         };
         let (x_rs, x_cs, x_off) = strides(&fx);
         let (w_rs, w_cs, w_off) = strides(&fw);
@@ -189,11 +198,9 @@ mod flex {
         if !eligible || ma != m || kb != k || nb != n {
             return Err((y, a, b));
         }
-        // The operands are only read: convert clones (a reference-count increment) so that the
-        // originals can go back untouched if `y` turns out not to qualify.
-        let (fa, fb) = match (into_flex(a.clone()), into_flex(b.clone())) {
-            (Ok(fa), Ok(fb)) => (fa, fb),
-            _ => return Err((y, a, b)),
+        // `y` may still turn out not to qualify, so the operands are read through clones.
+        let Some((fa, fb)) = read_only(&a, &b) else {
+            return Err((y, a, b));
         };
         let mut fy = match into_flex(y) {
             Ok(fy) => fy,

@@ -58,6 +58,46 @@ mod flex {
     /// Elements per parallel task: large enough that a task's `exp`s outweigh handing it out.
     const CHUNK: usize = 16 * 1024;
 
+    /// `o <- silu(o) * u`, one chunk, vectorised.
+    fn gate_in_place(o: &mut [f32], u: &[f32]) {
+        vmath::vectorized(
+            #[inline(always)]
+            || {
+                for (o, &u) in o.iter_mut().zip(u) {
+                    *o = *o * sigmoid(*o) * u;
+                }
+            },
+        )
+    }
+
+    /// `o <- silu(g) * u`, one chunk, vectorised.
+    fn gate(o: &mut [f32], g: &[f32], u: &[f32]) {
+        vmath::vectorized(
+            #[inline(always)]
+            || {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g * sigmoid(g) * u;
+                }
+            },
+        )
+    }
+
+    /// Both input gradients written over the saved `g` and `u` (formulas at the backward), one
+    /// chunk, vectorised.
+    fn gate_backward(gs: &mut [f32], us: &mut [f32], dy: &[f32]) {
+        vmath::vectorized(
+            #[inline(always)]
+            || {
+                for ((g, u), &dy) in gs.iter_mut().zip(us.iter_mut()).zip(dy) {
+                    let s = sigmoid(*g);
+                    let (gv, uv) = (*g, *u);
+                    *g = dy * uv * s * (1.0 + gv * (1.0 - s));
+                    *u = dy * gv * s;
+                }
+            },
+        )
+    }
+
     pub(super) fn swiglu<const D: usize>(
         g: Tensor<D>,
         u: Tensor<D>,
@@ -80,18 +120,10 @@ mod flex {
                 let mut out = owned(gf);
                 let n = out.layout().num_elements();
                 let uv = values(&uf);
-                out.storage_mut::<f32>()[..n].par_chunks_mut(CHUNK).zip(uv.par_chunks(CHUNK)).for_each(
-                    |(o, u)| {
-                        vmath::vectorized(
-                            #[inline(always)]
-                            || {
-                                for (o, &u) in o.iter_mut().zip(u) {
-                                    *o = *o * sigmoid(*o) * u;
-                                }
-                            },
-                        )
-                    },
-                );
+                out.storage_mut::<f32>()[..n]
+                    .par_chunks_mut(CHUNK)
+                    .zip(uv.par_chunks(CHUNK))
+                    .for_each(|(o, u)| gate_in_place(o, u));
                 Ok(Tensor::from_dispatch(DispatchTensor {
                     kind: DispatchTensorKind::Flex(BackendTensor::Float(out)),
                     autodiff: DispatchAutodiffContext::Disabled,
@@ -136,18 +168,9 @@ mod flex {
     ) -> FloatTensor<Autodiff<Flex, C>> {
         let (gv, uv) = (values(g.primitive()), values(u.primitive()));
         let mut out = vec![0.0f32; gv.len()];
-        out.par_chunks_mut(CHUNK).zip(gv.par_chunks(CHUNK).zip(uv.par_chunks(CHUNK))).for_each(
-            |(o, (g, u))| {
-                vmath::vectorized(
-                    #[inline(always)]
-                    || {
-                        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                            *o = g * sigmoid(g) * u;
-                        }
-                    },
-                )
-            },
-        );
+        out.par_chunks_mut(CHUNK)
+            .zip(gv.par_chunks(CHUNK).zip(uv.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| gate(o, g, u));
         let out = FlexTensor::from_data(TensorData::new(out, g.primitive().layout().shape().clone()));
         match SwiGlu.prepare::<C>([g.node(), u.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish((g.primitive().clone(), u.primitive().clone()), out),
@@ -173,21 +196,10 @@ mod flex {
             let n = dg.layout().num_elements();
             let dy = values(&grad);
             let (dgs, dus) = (&mut dg.storage_mut::<f32>()[..n], &mut du.storage_mut::<f32>()[..n]);
-            dgs.par_chunks_mut(CHUNK).zip(dus.par_chunks_mut(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(
-                |((gs, us), dy)| {
-                    vmath::vectorized(
-                        #[inline(always)]
-                        || {
-                            for ((g, u), &dy) in gs.iter_mut().zip(us.iter_mut()).zip(dy) {
-                                let s = sigmoid(*g);
-                                let (gv, uv) = (*g, *u);
-                                *g = dy * uv * s * (1.0 + gv * (1.0 - s));
-                                *u = dy * gv * s;
-                            }
-                        },
-                    )
-                },
-            );
+            dgs.par_chunks_mut(CHUNK)
+                .zip(dus.par_chunks_mut(CHUNK))
+                .zip(dy.par_chunks(CHUNK))
+                .for_each(|((gs, us), dy)| gate_backward(gs, us, dy));
             if let Some(node) = node_g {
                 grads.register::<Flex>(node.id, dg);
             }
