@@ -3,6 +3,7 @@
 mod bench_adapter;
 mod bench_cluster;
 mod bench_lm;
+mod bench_products;
 mod bench_train;
 mod cluster;
 mod device;
@@ -75,6 +76,8 @@ enum BenchCommand {
     Train(bench_train::TrainBenchArgs),
     /// Adapter overhead table from `cargo bench -p idlora-benches --bench adapter`'s estimates.
     AdapterTable(bench_adapter::TableArgs),
+    /// `idlora_adapter::product::matmul` against burn's `matmul` at prompt and training shapes.
+    Products(bench_products::ProductArgs),
 }
 
 /// burn's CPU backend allocates a fresh buffer for every operation's output. With glibc's default
@@ -121,6 +124,7 @@ fn main() -> Result<()> {
         Command::Bench { which: BenchCommand::AdapterTable(args) } => bench_adapter::run(args),
         Command::Bench { which: BenchCommand::Adapter(args) } => bench_adapter::run_interleaved(args),
         Command::Bench { which: BenchCommand::Lm(args) } => bench_lm::run(args),
+        Command::Bench { which: BenchCommand::Products(args) } => bench_products::run(args),
         Command::Bench { which: BenchCommand::Train(args) } => bench_train::run(args),
     }
 }

@@ -93,7 +93,7 @@ impl Dora {
 
 /// A router `softmax(x W_g)`, `W_g` of shape `[d_in, n]`, no bias.
 fn route(router: &Param<Tensor<2>>, x: Tensor<2>) -> Tensor<2> {
-    softmax(x.matmul(router.val()), 1)
+    softmax(product::matmul(x, router.val()), 1)
 }
 
 /// HydraLoRA: `y = W0 x + s sum_j w_j(x) B_j A x`, one shared `A` and `N` heads.
@@ -343,12 +343,12 @@ impl AdaptedLinear {
         y.reshape(dims)
     }
 
-    /// `x W0 + b`. A few rows (a decoding step) go through [`product::matmul`], which spreads
-    /// the weights over the threads; more rows through burn's `Linear` as they are.
+    /// `x W0 + b`, the product through [`product::matmul`] (on burn's CPU backend without
+    /// autodiff: a few rows spread over the threads, more rows straight into their own buffer).
     fn base_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let mut dims = x.dims();
         let n = dims[..D - 1].iter().product::<usize>();
-        if n > product::FEW_ROWS {
+        if x.device().is_autodiff() {
             return self.base.forward(x);
         }
         let (d_in, d_out) = self.shape();
@@ -367,9 +367,10 @@ impl AdaptedLinear {
         let product = |lhs, rhs| Update::Product { lhs, rhs };
         match adapter {
             // The scale goes on the small `[n, r]` intermediate, not on the `[n, d_out]` output.
-            Adapter::Lora(l) => {
-                product(dropout::apply(&l.dropout, x).matmul(l.a.val()).mul_scalar(l.scale), l.b.val())
-            }
+            Adapter::Lora(l) => product(
+                product::matmul(dropout::apply(&l.dropout, x), l.a.val()).mul_scalar(l.scale),
+                l.b.val(),
+            ),
             Adapter::Dora(d) => {
                 let l = &d.lora;
                 let w0 = self.base.weight.val();
@@ -386,7 +387,7 @@ impl AdaptedLinear {
                 let [n, _] = x.dims();
                 let r = h.a.dims()[1];
                 let w = route(&h.router, x.clone());
-                let a = dropout::apply(&h.dropout, x).matmul(h.a.val());
+                let a = product::matmul(dropout::apply(&h.dropout, x), h.a.val());
                 // u = w (outer) A x, flattened head-major: then one product with the stacked heads.
                 let u = w.reshape([n, h.heads, 1]).mul_scalar(h.scale) * a.reshape([n, 1, r]);
                 product(u.reshape([n, h.heads * r]), h.b.val())
@@ -396,7 +397,7 @@ impl AdaptedLinear {
                 let nr = m.a.dims()[1];
                 let r = nr / m.experts;
                 let w = route(&m.router, x.clone());
-                let a = dropout::apply(&m.dropout, x).matmul(m.a.val());
+                let a = product::matmul(dropout::apply(&m.dropout, x), m.a.val());
                 let u = a.reshape([n, m.experts, r]) * w.reshape([n, m.experts, 1]).mul_scalar(m.scale);
                 product(u.reshape([n, nr]), m.b.val())
             }
@@ -562,6 +563,24 @@ impl IdLora {
     fn product(&self, base: &Linear, x: Tensor<2>, y0: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
         let [n, _] = x.dims();
         let (k, r) = (self.k, self.r);
+        // Inference on the CPU backend: router, gather and scale in one pass per token. (No
+        // dropout is active there: it needs autodiff.)
+        #[cfg(feature = "flex")]
+        if self.basis == BasisPath::Gather {
+            let indices = self.sets.to_i32();
+            let spec = product::IdLoraLhs {
+                indices: &indices,
+                k,
+                r,
+                scale: self.scale as f32,
+                sum_form: !self.rank_boost,
+            };
+            let bias = base.bias.as_ref().map(|b| b.val().reshape([1, b.dims()[0]]));
+            if let Some(lhs) = product::idlora_lhs(&x, &y0, &self.router.val(), bias, &spec) {
+                let lhs = if self.rank_boost { lhs.reshape([n * self.p, self.b.dims()[0]]) } else { lhs };
+                return (lhs, self.b.val());
+            }
+        }
         let w = route(&self.router, x.clone());
         let mut u = self.bases(base, x, y0);
         if self.dropout_site == DropoutSite::Gathered {

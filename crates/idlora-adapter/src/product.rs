@@ -14,9 +14,14 @@
 //! [`matmul`] is the other product that burn's CPU backend does poorly: one with a few rows, as
 //! every projection and the head are while decoding one token. The gemm crate computes a
 //! one-row product as a matrix-vector product on the calling thread alone, whatever parallelism
-//! it is given, so decoding streamed all of the model's weights through one core. On `flex`
-//! without autodiff, [`matmul`] splits such a product's columns into one block per thread; each
-//! block's gemm call reads its own part of the weights.
+//! it is given, so decoding streamed all of the model's weights through one core; split by
+//! columns across threads it still read only 10-12 GB/s on SmolLM2's 576-wide projections, each
+//! thread reading a short piece of every weight row (two threads here read 20 GB/s). On `flex`
+//! without autodiff, [`matmul`] hands a product of at most [`FEW_ROWS`] rows to the streaming
+//! kernels of `crate::stream` (AVX-512F), in which each thread reads one contiguous part of the
+//! weight: 15-19 GB/s on the same projections, decoding 1.16x faster (docs/bench-lm.md); gemm's
+//! per-block products remain the path on other CPUs. More rows go to gemm straight into a
+//! fresh vector, without the zero-filled, re-aligned copy of burn's own matmul output.
 
 use burn::tensor::Tensor;
 
@@ -41,13 +46,13 @@ pub fn add_product(y: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
     y + a.matmul(b)
 }
 
-/// Rows up to which [`matmul`] splits the columns across threads (decoding steps of a few
+/// Rows up to which [`matmul`] streams the weight across threads (decoding steps of a few
 /// sequences); above it gemm's own parallel blocking is the better split.
 pub const FEW_ROWS: usize = 8;
 
-/// `x w` for `x: [m, k]`, `w: [k, n]` (any strides, e.g. a transposed view); with at most
-/// [`FEW_ROWS`] rows on burn's CPU backend without autodiff, the columns are computed in one
-/// block per thread.
+/// `x w` for `x: [m, k]`, `w: [k, n]` (any strides, e.g. a transposed view). On burn's CPU
+/// backend without autodiff: at most [`FEW_ROWS`] rows stream the weight across the threads,
+/// more rows are one gemm call into a fresh buffer; elsewhere it is `x.matmul(w)`.
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
@@ -64,7 +69,48 @@ pub fn matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
         Ok(out) => return out,
         Err(inputs) => inputs,
     };
+    #[cfg(feature = "flex")]
+    let (x, w) = match flex::matmul_fresh_output(x, w) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
     x.matmul(w)
+}
+
+/// What [`idlora_lhs`] needs of an ID-LoRA layer besides its tensors.
+#[cfg(feature = "flex")]
+pub(crate) struct IdLoraLhs<'a> {
+    /// `S_1 .. S_k` flattened, cluster-major (`k r` output columns of the base layer).
+    pub indices: &'a [i32],
+    /// Clusters.
+    pub k: usize,
+    /// Rows per cluster.
+    pub r: usize,
+    /// `alpha / r`.
+    pub scale: f32,
+    /// The sum form (Eq. 3, `[n, r]`) instead of the stacked one (`[n, k r]`).
+    pub sum_form: bool,
+}
+
+/// ID-LoRA's left factor in one pass per token, on `flex` without autodiff: the router's logits
+/// `x W_g`, their softmax, and the gathered bases `(y0 - b)[S]` scaled by `scale w_i(x)`,
+/// stacked cluster-major (`[n, k r]`) or summed over clusters (`[n, r]`). `None` where it does
+/// not apply (another backend, autodiff, non-contiguous rows); the caller then composes the
+/// same from burn operations.
+///
+/// Written out because burn's way costs more than the product it feeds at large `d_in`: a
+/// skinny `[n, d_in] x [d_in, k]` gemm call (a pass over `x` for `k` = 4 columns), a `select`
+/// on the base output and two broadcast multiplies, each with its own output buffer; measured
+/// 2.5 ms of ID-LoRA's 6.6 ms over the base at `4096 -> 4096`, r = 128, 512 tokens.
+#[cfg(feature = "flex")]
+pub(crate) fn idlora_lhs(
+    x: &Tensor<2>,
+    y0: &Tensor<2>,
+    router: &Tensor<2>,
+    bias: Option<Tensor<2>>,
+    spec: &IdLoraLhs<'_>,
+) -> Option<Tensor<2>> {
+    flex::idlora_lhs(x, y0, router, bias, spec)
 }
 
 // The `Err`s below hand the caller's own tensors back for the generic path; they live for one
@@ -149,6 +195,32 @@ mod flex {
         let x_data: &[f32] = fx.storage();
         let w_data: &[f32] = fw.storage();
         let mut out = vec![0.0f32; m * n];
+        // The streaming kernels first (each thread reads one contiguous part of the weight),
+        // given unit strides along one of the weight's dimensions; gemm's per-block
+        // matrix-vector products otherwise.
+        let layout = match (usize::try_from(w_rs), usize::try_from(w_cs)) {
+            (Ok(ld), Ok(1)) => {
+                Some(crate::stream::Layout::RowMajor { ld: ld.max(n) }).filter(|_| k == 1 || ld >= n)
+            }
+            (Ok(1), Ok(ld)) => {
+                Some(crate::stream::Layout::ColMajor { ld: ld.max(k) }).filter(|_| n == 1 || ld >= k)
+            }
+            _ => None,
+        };
+        // x is at most FEW_ROWS rows: a contiguous copy costs nothing next to the weights.
+        let x_contiguous = || -> Option<Vec<f32>> {
+            (0..m * k)
+                .map(|idx| {
+                    let at = x_off as isize + (idx / k) as isize * x_rs + (idx % k) as isize * x_cs;
+                    usize::try_from(at).ok().and_then(|at| x_data.get(at).copied())
+                })
+                .collect()
+        };
+        if let (Some(layout), Some(w_view), Some(xc)) = (layout, w_data.get(w_off..), x_contiguous())
+            && crate::stream::few_rows((m, k, n), &xc, w_view, layout, &mut out, threads)
+        {
+            return Ok(Tensor::from_data(TensorData::new(out, [m, n]), &device));
+        }
         let block = n.div_ceil(threads).next_multiple_of(BLOCK_ALIGN);
         // Raw addresses cross to the worker threads as integers; each block writes its own
         // columns of `out` only.
@@ -185,6 +257,65 @@ mod flex {
                 );
             }
         });
+        Ok(Tensor::from_data(TensorData::new(out, [m, n]), &device))
+    }
+
+    /// `Ok(x w)` by one gemm call into a fresh vector, or `Err` with the inputs untouched off
+    /// `flex` or under autodiff.
+    ///
+    /// This is the very call burn-flex makes for a 2-D matmul; the difference is the output.
+    /// burn-flex allocates it as zeroed bytes and then copies it once more to over-align it
+    /// (`Bytes::from_bytes_vec`); a `Vec<f32>` handed over through `TensorData::new` keeps its
+    /// allocation. Measured side by side (`cargo xtask bench products`, docs/bench-lm.md): about
+    /// even at SmolLM2's prompt shapes, 1.65x for ID-LoRA's `[2048, 128] x [128, 3584]`.
+    pub(super) fn matmul_fresh_output(
+        x: Tensor<2>,
+        w: Tensor<2>,
+    ) -> Result<Tensor<2>, (Tensor<2>, Tensor<2>)> {
+        let device = x.device();
+        let ([m, k], [kw, n]) = (x.dims(), w.dims());
+        if device != Device::flex() || device.is_autodiff() || w.device() != device || kw != k {
+            return Err((x, w));
+        }
+        let Some((fx, fw)) = read_only(&x, &w) else {
+            return Err((x, w));
+        };
+        let mut out = vec![0.0f32; m * n];
+        if m * n > 0 && k > 0 {
+            let ((x_rs, x_cs, x_off), (w_rs, w_cs, w_off)) = (strides(&fx), strides(&fw));
+            let (x_data, w_data): (&[f32], &[f32]) = (fx.storage(), fw.storage());
+            let parallelism = if m * n * k >= PARALLEL_MACS {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            };
+            // SAFETY: each input pointer starts at its tensor's offset inside its storage and the
+            // flex layouts keep every (row, column) of the shapes inside that storage; `out` is
+            // a fresh m x n row-major buffer that aliases neither input.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    x_data.as_ptr().add(x_off),
+                    x_cs,
+                    x_rs,
+                    w_data.as_ptr().add(w_off),
+                    w_cs,
+                    w_rs,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
         Ok(Tensor::from_data(TensorData::new(out, [m, n]), &device))
     }
 
@@ -254,5 +385,88 @@ mod flex {
             }
         }
         Ok(from_flex(fy))
+    }
+
+    /// See [`super::idlora_lhs`].
+    pub(super) fn idlora_lhs(
+        x: &Tensor<2>,
+        y0: &Tensor<2>,
+        router: &Tensor<2>,
+        bias: Option<Tensor<2>>,
+        spec: &super::IdLoraLhs<'_>,
+    ) -> Option<Tensor<2>> {
+        use rayon::prelude::*;
+
+        let device = x.device();
+        if device != Device::flex() || device.is_autodiff() {
+            return None;
+        }
+        let ([n, d_in], [ny, d_out], [dr, k]) = (x.dims(), y0.dims(), router.dims());
+        let (r, kr) = (spec.r, spec.k * spec.r);
+        if ny != n || dr != d_in || k != spec.k || spec.indices.len() != kr || n == 0 || k == 0 {
+            return None;
+        }
+        let (fx, fy) = read_only(x, y0)?;
+        let (fr, fb) = match bias {
+            Some(b) => {
+                let (fr, fb) = read_only(router, &b)?;
+                (fr, Some(fb))
+            }
+            None => (into_flex(router.clone()).ok()?, None),
+        };
+        let ((x_rs, x_cs, x_off), (y_rs, y_cs, y_off)) = (strides(&fx), strides(&fy));
+        if (x_cs != 1 && d_in > 1) || (y_cs != 1 && d_out > 1) || x_rs < 0 || y_rs < 0 {
+            return None;
+        }
+        let (x_rs, y_rs) = (x_rs as usize, y_rs as usize);
+        let (x_data, y_data): (&[f32], &[f32]) = (fx.storage(), fy.storage());
+        // Rows of x and y0 must lie inside their storage.
+        let last = n - 1;
+        if x_off + last * x_rs + d_in > x_data.len() || y_off + last * y_rs + d_out > y_data.len() {
+            return None;
+        }
+        let cols: Vec<usize> = spec
+            .indices
+            .iter()
+            .map(|&c| usize::try_from(c).ok().filter(|&c| c < d_out))
+            .collect::<Option<_>>()?;
+        // Small operands to host order: W_g transposed (k rows of d_in) and the gathered bias.
+        let element = |t: &FlexTensor, i: usize, j: usize| -> Option<f32> {
+            let (rs, cs, off) = strides(t);
+            let at = off as isize + i as isize * rs + j as isize * cs;
+            usize::try_from(at).ok().and_then(|at| t.storage::<f32>().get(at).copied())
+        };
+        let wg_t: Vec<f32> =
+            (0..k * d_in).map(|idx| element(&fr, idx % d_in, idx / d_in)).collect::<Option<_>>()?;
+        let b_sel: Vec<f32> = match &fb {
+            Some(fb) => cols.iter().map(|&c| element(fb, 0, c)).collect::<Option<_>>()?,
+            None => vec![0.0; kr],
+        };
+        let width = if spec.sum_form { r } else { kr };
+        let mut out = vec![0.0f32; n * width];
+        out.par_chunks_mut(width).enumerate().with_min_len(8).for_each(|(i, row)| {
+            let xr = &x_data[x_off + i * x_rs..][..d_in];
+            let yr = &y_data[y_off + i * y_rs..][..d_out];
+            let mut w = vec![0.0f32; k];
+            crate::stream::dots(xr, &wg_t, &mut w);
+            // Softmax over the clusters, the scale folded in: w_c = scale softmax(logits)_c.
+            let top = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            w.iter_mut().for_each(|v| *v = (*v - top).exp());
+            let total: f32 = w.iter().sum();
+            w.iter_mut().for_each(|v| *v = *v / total * spec.scale);
+            for (c, &wc) in w.iter().enumerate() {
+                let (s, b) = (&cols[c * r..(c + 1) * r], &b_sel[c * r..(c + 1) * r]);
+                if spec.sum_form {
+                    for ((o, &col), &bc) in row.iter_mut().zip(s).zip(b) {
+                        *o += (yr[col] - bc) * wc;
+                    }
+                } else {
+                    for ((o, &col), &bc) in row[c * r..(c + 1) * r].iter_mut().zip(s).zip(b) {
+                        *o = (yr[col] - bc) * wc;
+                    }
+                }
+            }
+        });
+        Some(Tensor::from_data(TensorData::new(out, [n, width]), &device))
     }
 }

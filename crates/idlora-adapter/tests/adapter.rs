@@ -147,6 +147,30 @@ fn gather_path_equals_explicit_bases_forward_and_gradients() {
     }
 }
 
+/// The inference path on the CPU backend (router, gather and scale fused per token) against the
+/// explicit bases composed from burn operations, at a width that fills whole vector chunks.
+#[test]
+fn fused_inference_path_equals_explicit_bases() {
+    let device = Device::flex();
+    for (bias, rank_boost, p) in [(false, true, None), (true, true, Some(2)), (true, false, None)] {
+        let mut c = cfg(MethodKind::IdLora, 5);
+        c.k = 4;
+        c.p = p;
+        c.rank_boost = rank_boost;
+        let s = sets(40, 4, 5, 7);
+        let fused = randomized(AdaptedLinear::new("f", base(37, 40, bias, &device), &c, Some(&s)).unwrap());
+        let mut explicit = fused.clone();
+        if let Some(Adapter::IdLora(id)) = explicit.adapter.as_mut() {
+            id.basis = BasisPath::Explicit;
+        }
+        let x = Tensor::<3>::random([3, 7, 37], Distribution::Normal(0.0, 1.0), &device);
+        let (a, b) = (vec_any(fused.forward(x.clone())), vec_any(explicit.forward(x.clone())));
+        let base_only = vec_any(fused.base.forward(x));
+        assert!(rel_err(&a, &b) < 1e-5, "bias {bias} rank_boost {rank_boost}: {}", rel_err(&a, &b));
+        assert!(rel_err(&a, &base_only) > 1e-3, "the update must not vanish");
+    }
+}
+
 /// Central finite differences of `sum(y * g)` with respect to every trainable tensor, compared
 /// with autodiff. DoRA's `A` and `B` are excluded: DoRA detaches the weight norm by design, so its
 /// gradient is not the derivative of its output (checked against PEFT instead).
@@ -781,13 +805,23 @@ fn add_product_matches_a_loop_and_never_writes_a_shared_buffer() {
 /// whole model: idlora-models' SmolLM2 test decodes its greedy continuation this way, in every
 /// projection and the head.)
 #[test]
-fn few_row_matmul_matches_a_loop() {
+fn matmul_matches_a_loop_at_any_row_count() {
     use idlora_adapter::product::{FEW_ROWS, matmul};
     let device = Device::flex();
-    for &(m, k, n) in
-        &[(1, 300, 700), (3, 96, 1001), (FEW_ROWS, 64, 2048), (FEW_ROWS + 1, 64, 2048), (1, 4, 5)]
-    {
-        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+    // Few rows (split across threads), just above, many rows single- and multi-threaded (the
+    // fresh-output path), and a one-by-few product.
+    for &(m, k, n) in &[
+        (1, 300, 700),
+        (3, 96, 1001),
+        (FEW_ROWS, 64, 2048),
+        (FEW_ROWS + 1, 64, 2048),
+        (1, 4, 5),
+        (37, 33, 130),
+        (200, 130, 300),
+    ] {
+        // x is a column window of a wider tensor: a start offset and a row stride above k.
+        let wide = Tensor::<2>::random([m, k + 5], Distribution::Normal(0.0, 1.0), &device);
+        let x = wide.narrow(1, 2, k);
         let w_t = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
         let (xv, wv) = (vec2(x.clone()), vec2(w_t.clone()));
         let want: Vec<f32> = (0..m * n)
