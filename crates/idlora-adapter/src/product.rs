@@ -431,15 +431,18 @@ mod flex {
             .map(|&c| usize::try_from(c).ok().filter(|&c| c < d_out))
             .collect::<Option<_>>()?;
         // Small operands to host order: W_g transposed (k rows of d_in) and the gathered bias.
-        let element = |t: &FlexTensor, i: usize, j: usize| -> Option<f32> {
-            let (rs, cs, off) = strides(t);
-            let at = off as isize + i as isize * rs + j as isize * cs;
-            usize::try_from(at).ok().and_then(|at| t.storage::<f32>().get(at).copied())
+        // Read once per call with the layout looked up once per tensor.
+        let host = |t: &FlexTensor, at: &mut dyn Iterator<Item = (usize, usize)>| -> Option<Vec<f32>> {
+            let ((rs, cs, off), data) = (strides(t), t.storage::<f32>());
+            at.map(|(i, j)| {
+                let at = off as isize + i as isize * rs + j as isize * cs;
+                usize::try_from(at).ok().and_then(|at| data.get(at).copied())
+            })
+            .collect()
         };
-        let wg_t: Vec<f32> =
-            (0..k * d_in).map(|idx| element(&fr, idx % d_in, idx / d_in)).collect::<Option<_>>()?;
-        let b_sel: Vec<f32> = match &fb {
-            Some(fb) => cols.iter().map(|&c| element(fb, 0, c)).collect::<Option<_>>()?,
+        let wg_t = host(&fr, &mut (0..k * d_in).map(|idx| (idx % d_in, idx / d_in)))?;
+        let b_sel = match &fb {
+            Some(fb) => host(fb, &mut cols.iter().map(|&c| (0, c)))?,
             None => vec![0.0; kr],
         };
         let width = if spec.sum_form { r } else { kr };
