@@ -69,7 +69,9 @@ pub fn run(args: ProductArgs) -> Result<()> {
             }
             t.elapsed().as_secs_f64() * 1e3 / reps as f64
         };
-        let (_, _) = (time(false), time(true));
+        // Warm-up: first-touch allocations and gemm's thread pool.
+        time(false);
+        time(true);
         let (mut burn_ms, mut ours_ms, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let (tb, to) = if round % 2 == 0 {

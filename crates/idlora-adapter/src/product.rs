@@ -100,8 +100,9 @@ pub(crate) struct IdLoraLhs<'a> {
 ///
 /// Written out because burn's way costs more than the product it feeds at large `d_in`: a
 /// skinny `[n, d_in] x [d_in, k]` gemm call (a pass over `x` for `k` = 4 columns), a `select`
-/// on the base output and two broadcast multiplies, each with its own output buffer; measured
-/// 2.5 ms of ID-LoRA's 6.6 ms over the base at `4096 -> 4096`, r = 128, 512 tokens.
+/// on the base output and two broadcast multiplies, each with its own output buffer (measured
+/// at `4096 -> 14336`, r = 128, 512 tokens: 0.85 ms for the router product and 1.6 ms for the
+/// select, next to about 10 ms for the product with `B`).
 #[cfg(feature = "flex")]
 pub(crate) fn idlora_lhs(
     x: &Tensor<2>,
@@ -216,7 +217,9 @@ mod flex {
                 })
                 .collect()
         };
-        if let (Some(layout), Some(w_view), Some(xc)) = (layout, w_data.get(w_off..), x_contiguous())
+        if let Some(layout) = layout
+            && let Some(w_view) = w_data.get(w_off..)
+            && let Some(xc) = x_contiguous()
             && crate::stream::few_rows((m, k, n), &xc, w_view, layout, &mut out, threads)
         {
             return Ok(Tensor::from_data(TensorData::new(out, [m, n]), &device));
@@ -260,14 +263,62 @@ mod flex {
         Ok(Tensor::from_data(TensorData::new(out, [m, n]), &device))
     }
 
+    /// `dst (+)= a b` for `a: [m, k]`, `b: [k, n]` read through their flex layouts, `dst` row-major
+    /// with row stride `n`; overwritten unless `accumulate`. Threads above [`PARALLEL_MACS`].
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes (and reads when accumulating) of `m n` elements and alias
+    /// neither operand; `a` and `b` must have the shapes given.
+    unsafe fn gemm_into(
+        dst: *mut f32,
+        (m, n, k): (usize, usize, usize),
+        a: &FlexTensor,
+        b: &FlexTensor,
+        accumulate: bool,
+    ) {
+        if m * n == 0 || k == 0 {
+            return;
+        }
+        let ((a_rs, a_cs, a_off), (b_rs, b_cs, b_off)) = (strides(a), strides(b));
+        let (a_data, b_data): (&[f32], &[f32]) = (a.storage(), b.storage());
+        let parallelism =
+            if m * n * k >= PARALLEL_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+        // SAFETY: each operand pointer starts at its tensor's offset inside its storage, and the
+        // flex layouts keep every (row, column) of the given shapes inside that storage; `dst` is
+        // the caller's promise.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst,
+                1,
+                n as isize,
+                accumulate,
+                a_data.as_ptr().add(a_off),
+                a_cs,
+                a_rs,
+                b_data.as_ptr().add(b_off),
+                b_cs,
+                b_rs,
+                if accumulate { 1.0 } else { 0.0 },
+                1.0f32,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+
     /// `Ok(x w)` by one gemm call into a fresh vector, or `Err` with the inputs untouched off
     /// `flex` or under autodiff.
     ///
     /// This is the very call burn-flex makes for a 2-D matmul; the difference is the output.
     /// burn-flex allocates it as zeroed bytes and then copies it once more to over-align it
     /// (`Bytes::from_bytes_vec`); a `Vec<f32>` handed over through `TensorData::new` keeps its
-    /// allocation. Measured side by side (`cargo xtask bench products`, docs/bench-lm.md): about
-    /// even at SmolLM2's prompt shapes, 1.65x for ID-LoRA's `[2048, 128] x [128, 3584]`.
+    /// allocation. Measured side by side (`cargo xtask bench products`, docs/bench-lm.md): 0.94-1.30x
+    /// at SmolLM2's and LLaMA-3-8B's shapes, 1.13-1.65x for ID-LoRA's `[2048, 128] x [128, 3584]`.
     pub(super) fn matmul_fresh_output(
         x: Tensor<2>,
         w: Tensor<2>,
@@ -281,41 +332,8 @@ mod flex {
             return Err((x, w));
         };
         let mut out = vec![0.0f32; m * n];
-        if m * n > 0 && k > 0 {
-            let ((x_rs, x_cs, x_off), (w_rs, w_cs, w_off)) = (strides(&fx), strides(&fw));
-            let (x_data, w_data): (&[f32], &[f32]) = (fx.storage(), fw.storage());
-            let parallelism = if m * n * k >= PARALLEL_MACS {
-                gemm::Parallelism::Rayon(0)
-            } else {
-                gemm::Parallelism::None
-            };
-            // SAFETY: each input pointer starts at its tensor's offset inside its storage and the
-            // flex layouts keep every (row, column) of the shapes inside that storage; `out` is
-            // a fresh m x n row-major buffer that aliases neither input.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    x_data.as_ptr().add(x_off),
-                    x_cs,
-                    x_rs,
-                    w_data.as_ptr().add(w_off),
-                    w_cs,
-                    w_rs,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
-        }
+        // SAFETY: `out` is a fresh m x n row-major buffer that aliases neither input.
+        unsafe { gemm_into(out.as_mut_ptr(), (m, n, k), &fx, &fw, false) };
         Ok(Tensor::from_data(TensorData::new(out, [m, n]), &device))
     }
 
@@ -341,49 +359,13 @@ mod flex {
         if y_rs != n as isize || y_cs != 1 {
             return Err((from_flex(fy), a, b));
         }
-        let (a_rs, a_cs, a_off) = strides(&fa);
-        let (b_rs, b_cs, b_off) = strides(&fb);
-        let a_data: &[f32] = fa.storage();
-        let b_data: &[f32] = fb.storage();
         // `Some` only while no other tensor shares this buffer, so `a` and `b` cannot alias it.
         let Some(y_data) = fy.try_storage_mut::<f32>() else {
             return Err((from_flex(fy), a, b));
         };
-        if m * n > 0 && k > 0 {
-            let parallelism = if m * n * k >= PARALLEL_MACS {
-                gemm::Parallelism::Rayon(0)
-            } else {
-                gemm::Parallelism::None
-            };
-            // SAFETY: each pointer starts at its tensor's offset inside its storage, and the flex
-            // layouts guarantee that every (row, column) reached through the given shapes and
-            // strides lies inside that storage. `y` is uniquely owned (checked above) and
-            // row-major, so the writes touch exactly its m x n elements and nothing `a` or `b`
-            // reads.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    y_data.as_mut_ptr().add(y_off),
-                    1,
-                    n as isize,
-                    true,
-                    a_data.as_ptr().add(a_off),
-                    a_cs,
-                    a_rs,
-                    b_data.as_ptr().add(b_off),
-                    b_cs,
-                    b_rs,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
-        }
+        // SAFETY: `y` is uniquely owned (checked above) and row-major with unit column stride,
+        // so `y_off` plus m x n elements lie inside its storage and nothing `a` or `b` reads.
+        unsafe { gemm_into(y_data.as_mut_ptr().add(y_off), (m, n, k), &fa, &fb, true) };
         Ok(from_flex(fy))
     }
 
