@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark that fails may panic
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use idlora_cluster::distance::{row_sq_norms, sq_distances};
+use idlora_cluster::distance::{DotKernel, row_sq_norms, sq_distances_with};
 use idlora_cluster::flow::assign;
 use idlora_cluster::lp::assign_lp;
 use idlora_cluster::{KMeansConfig, RowMatrix, constrained_kmeans};
@@ -57,11 +57,14 @@ fn distances(c: &mut Criterion) {
     let data = matrix(n, d, 2);
     let x = RowMatrix::new(&data, n, d).unwrap();
     let norms = row_sq_norms(x);
-    for k in [4usize, 16, 32] {
-        let centers = data[..k * d].to_vec();
-        g.bench_with_input(BenchmarkId::new("4096x4096", k), &k, |b, _| {
-            b.iter(|| sq_distances(x, &norms, &centers))
-        });
+    // m = n_init * k centres: 4 (one restart), 12 (k-means++ trials), 40 (ten restarts).
+    for m in [4usize, 12, 40] {
+        let centers = data[..m * d].to_vec();
+        for (name, kernel) in [("auto", DotKernel::Auto), ("matrixmultiply", DotKernel::Gemm)] {
+            g.bench_with_input(BenchmarkId::new(format!("4096x4096-{name}"), m), &m, |b, _| {
+                b.iter(|| sq_distances_with(x, &norms, &centers, kernel))
+            });
+        }
     }
     g.finish();
 }

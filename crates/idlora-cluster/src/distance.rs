@@ -1,8 +1,9 @@
 //! Squared Euclidean distances between rows and centres through a GEMM:
 //! `||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2`.
 //!
-//! The dot products run in `f32` through `matrixmultiply`'s packed kernels; the norms and the
-//! assembly run in `f64`. Rows are split into fixed chunks computed in parallel: each row's result
+//! The dot products run in `f32`, through [`crate::dots`]'s in-place kernel where the CPU has
+//! AVX-512F and `matrixmultiply`'s packed kernels elsewhere; the norms and the assembly run in
+//! `f64`. Rows are split into fixed chunks computed in parallel: each row's result
 //! depends only on that row, so the output is bit-identical whatever the number of threads.
 //!
 //! Each entry is also independent of which *other* centres share the call (the GEMM accumulates
@@ -13,6 +14,7 @@
 use rayon::prelude::*;
 
 use crate::RowMatrix;
+use crate::dots::Centres;
 
 /// Rows per parallel task.
 const CHUNK_ROWS: usize = 256;
@@ -22,35 +24,85 @@ pub fn row_sq_norms(x: RowMatrix<'_>) -> Vec<f64> {
     (0..x.rows()).into_par_iter().map(|i| sq_norm(x.row(i))).collect()
 }
 
+/// Partial sums per sum: a single `f64` running sum is one dependent add per element (the
+/// compiler may not reorder float adds), eight independent ones vectorise.
+const LANES: usize = 8;
+
+/// `sum_p f(a_p, b_p)` in `f64`, in [`LANES`] interleaved partial sums added in a fixed order.
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (pa, pb) in ac.zip(bc) {
+        for ((s, &x), &y) in acc.iter_mut().zip(pa).zip(pb) {
+            *s += f(x, y);
+        }
+    }
+    for ((s, &x), &y) in acc.iter_mut().zip(ar).zip(br) {
+        *s += f(x, y);
+    }
+    acc.iter().sum()
+}
+
 /// `||v||^2` in `f64`.
 pub fn sq_norm(v: &[f32]) -> f64 {
-    v.iter().map(|&a| f64::from(a) * f64::from(a)).sum()
+    lane_sum(v, v, |a, _| f64::from(a) * f64::from(a))
 }
 
 /// Exact `||a - b||^2`, accumulated in `f64` (used where exactness matters more than speed).
 pub fn sq_dist_exact(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&p, &q)| {
-            let d = f64::from(p) - f64::from(q);
-            d * d
-        })
-        .sum()
+    let n = a.len().min(b.len());
+    lane_sum(&a[..n], &b[..n], |p, q| {
+        let d = f64::from(p) - f64::from(q);
+        d * d
+    })
+}
+
+/// Which kernel computes the dot products of [`sq_distances_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DotKernel {
+    /// [`crate::dots`] where the CPU has AVX-512F, else `matrixmultiply`.
+    #[default]
+    Auto,
+    /// `matrixmultiply`'s packed GEMM (every CPU).
+    Gemm,
 }
 
 /// `out[i * m + j] = ||x_i - c_j||^2` for the `m` centres in `centers` (row-major, `m x d`),
 /// clamped at zero. `x_norms` are [`row_sq_norms`] of `x`.
+///
+/// ```
+/// use idlora_cluster::RowMatrix;
+/// use idlora_cluster::distance::{row_sq_norms, sq_distances};
+/// let data = [0.0f32, 0.0, 3.0, 4.0];
+/// let x = RowMatrix::new(&data, 2, 2)?;
+/// let d = sq_distances(x, &row_sq_norms(x), &[0.0, 0.0]);
+/// assert_eq!(d, vec![0.0, 25.0]);
+/// # Ok::<(), idlora_cluster::ClusterError>(())
+/// ```
 pub fn sq_distances(x: RowMatrix<'_>, x_norms: &[f64], centers: &[f32]) -> Vec<f64> {
+    sq_distances_with(x, x_norms, centers, DotKernel::Auto)
+}
+
+/// [`sq_distances`] with a chosen dot-product kernel (for benchmarks and cross-checks).
+pub fn sq_distances_with(x: RowMatrix<'_>, x_norms: &[f64], centers: &[f32], kernel: DotKernel) -> Vec<f64> {
     let d = x.cols();
     let m = centers.len() / d;
     let c_norms: Vec<f64> = centers.chunks_exact(d).map(sq_norm).collect();
+    let packed = match kernel {
+        DotKernel::Auto if crate::dots::available() => Centres::new(centers, m, d),
+        _ => None,
+    };
     let mut out = vec![0.0f64; x.rows() * m];
     out.par_chunks_mut(CHUNK_ROWS * m).enumerate().for_each(|(chunk, out)| {
         let r0 = chunk * CHUNK_ROWS;
         let rows = out.len() / m;
         let mut dots = vec![0.0f32; rows * m];
         let a = &x.data()[r0 * d..(r0 + rows) * d];
-        gemm_dots(a, rows, d, centers, m, &mut dots);
+        if !packed.as_ref().is_some_and(|p| p.dots(a, rows, &mut dots)) {
+            gemm_dots(a, rows, d, centers, m, &mut dots);
+        }
         for (r, (o, dot)) in out.chunks_exact_mut(m).zip(dots.chunks_exact(m)).enumerate() {
             let xn = x_norms[r0 + r];
             for j in 0..m {
@@ -123,41 +175,46 @@ mod tests {
     }
 
     #[test]
-    fn gemm_distances_match_direct_ones() {
-        let (n, d, m) = (700, 37, 5);
-        let x = data(n, d, 7919, 1000, 500.0, 1.0);
-        let c = data(m, d, 104729, 997, 400.0, 1.2);
-        let xm = RowMatrix::new(&x, n, d).unwrap();
-        let got = sq_distances(xm, &row_sq_norms(xm), &c);
-        for i in 0..n {
-            for j in 0..m {
-                let want = sq_dist_exact(xm.row(i), &c[j * d..(j + 1) * d]);
-                assert!((got[i * m + j] - want).abs() <= 1e-5 * (1.0 + want), "{i} {j}");
+    fn an_entry_does_not_depend_on_the_other_centres_in_the_call() {
+        // Batched k-means restarts need this bit for bit (see the module docs), from either kernel.
+        for kernel in [DotKernel::Auto, DotKernel::Gemm] {
+            for (n, d) in [(300, 37), (513, 1000), (260, 4096)] {
+                let x = data(n, d, 7919, 1000, 500.0, 1.0);
+                let xm = RowMatrix::new(&x, n, d).unwrap();
+                let norms = row_sq_norms(xm);
+                let m = 43;
+                let c = data(m, d, 104729, 997, 400.0, 1.2);
+                let all = sq_distances_with(xm, &norms, &c, kernel);
+                for (off, len) in [(0, 1), (5, 4), (17, 1), (40, 3), (3, 30), (8, 16)] {
+                    let sub = sq_distances_with(xm, &norms, &c[off * d..(off + len) * d], kernel);
+                    for i in 0..n {
+                        for j in 0..len {
+                            assert_eq!(
+                                sub[i * len + j].to_bits(),
+                                all[i * m + off + j].to_bits(),
+                                "{kernel:?} {n}x{d} row {i} centre {}",
+                                off + j
+                            );
+                        }
+                    }
+                }
             }
         }
     }
 
     #[test]
-    fn an_entry_does_not_depend_on_the_other_centres_in_the_call() {
-        // Batched k-means restarts need this bit for bit (see the module docs).
-        for (n, d) in [(300, 37), (513, 1000), (260, 4096)] {
-            let x = data(n, d, 7919, 1000, 500.0, 1.0);
-            let xm = RowMatrix::new(&x, n, d).unwrap();
-            let norms = row_sq_norms(xm);
-            let m = 43;
-            let c = data(m, d, 104729, 997, 400.0, 1.2);
-            let all = sq_distances(xm, &norms, &c);
-            for (off, len) in [(0, 1), (5, 4), (17, 1), (40, 3), (3, 30), (8, 16)] {
-                let sub = sq_distances(xm, &norms, &c[off * d..(off + len) * d]);
-                for i in 0..n {
-                    for j in 0..len {
-                        assert_eq!(
-                            sub[i * len + j].to_bits(),
-                            all[i * m + off + j].to_bits(),
-                            "{n}x{d} row {i} centre {}",
-                            off + j
-                        );
-                    }
+    fn both_kernels_give_the_direct_distances() {
+        let (n, d, m) = (517, 300, 11);
+        let x = data(n, d, 7919, 1000, 500.0, 1.0);
+        let c = data(m, d, 104729, 997, 400.0, 1.2);
+        let xm = RowMatrix::new(&x, n, d).unwrap();
+        let norms = row_sq_norms(xm);
+        for kernel in [DotKernel::Auto, DotKernel::Gemm] {
+            let got = sq_distances_with(xm, &norms, &c, kernel);
+            for i in 0..n {
+                for j in 0..m {
+                    let want = sq_dist_exact(xm.row(i), &c[j * d..(j + 1) * d]);
+                    assert!((got[i * m + j] - want).abs() <= 1e-5 * (1.0 + want), "{kernel:?} {i} {j}");
                 }
             }
         }

@@ -131,7 +131,18 @@ pub fn constrained_kmeans(x: RowMatrix<'_>, cfg: &KMeansConfig) -> Result<Cluste
     let tol = cfg.tol * mean_column_variance(x);
     let mut runs = seed_restarts(x, &norms, cfg);
     lloyd(x, &norms, cfg, size_max, tol, &mut runs)?;
-    let finished: Vec<Clustering> = runs.into_par_iter().map(|run| run.finish(x)).collect();
+    // The restarts are ranked by the inertia their sums give in O(n + k d); the exact pass over the
+    // data (O(n d) each) runs only for those within a rounding margin of the best.
+    let quick: Vec<f64> = runs.iter().map(|run| run.quick_inertia(&norms)).collect();
+    let lowest = quick.iter().copied().fold(f64::INFINITY, f64::min);
+    let margin = 1e-6 * lowest.abs() + f64::MIN_POSITIVE;
+    let finished: Vec<Clustering> = runs
+        .into_par_iter()
+        .zip(quick)
+        // A NaN sum (non-finite data) is not ranked away: its exact pass decides.
+        .filter(|(_, q)| q.is_nan() || *q <= lowest + margin)
+        .map(|(run, _)| run.finish(x))
+        .collect();
     let mut best: Option<Clustering> = None;
     for run in finished {
         // Strictly lower only: ties keep the earlier restart.
@@ -144,13 +155,27 @@ pub fn constrained_kmeans(x: RowMatrix<'_>, cfg: &KMeansConfig) -> Result<Cluste
 
 fn mean_column_variance(x: RowMatrix<'_>) -> f64 {
     let (n, d) = (x.rows(), x.cols());
+    // Column sums and sums of squares per fixed chunk of rows, in parallel, then added in chunk
+    // order: the same grouping on any number of threads.
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = (0..n.div_ceil(REDUCE_CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let mut mean = vec![0.0f64; d];
+            let mut sq = vec![0.0f64; d];
+            for i in c * REDUCE_CHUNK..((c + 1) * REDUCE_CHUNK).min(n) {
+                for ((m, s), &v) in mean.iter_mut().zip(sq.iter_mut()).zip(x.row(i)) {
+                    *m += f64::from(v);
+                    *s += f64::from(v) * f64::from(v);
+                }
+            }
+            (mean, sq)
+        })
+        .collect();
     let mut mean = vec![0.0f64; d];
     let mut sq = vec![0.0f64; d];
-    for i in 0..n {
-        for (p, &v) in x.row(i).iter().enumerate() {
-            mean[p] += f64::from(v);
-            sq[p] += f64::from(v) * f64::from(v);
-        }
+    for (pm, ps) in partials {
+        mean.iter_mut().zip(&pm).for_each(|(a, b)| *a += b);
+        sq.iter_mut().zip(&ps).for_each(|(a, b)| *a += b);
     }
     let n = n as f64;
     mean.iter().zip(&sq).map(|(m, s)| (s / n - (m / n) * (m / n)).max(0.0)).sum::<f64>() / d as f64
@@ -212,6 +237,26 @@ impl Restart {
     /// The cluster means; an empty cluster keeps its previous centre.
     fn means(&self) -> Vec<f32> {
         means_from_sums(&self.sums, &self.counts, &self.centers)
+    }
+
+    /// `sum_j (sum_{i in S_j} ||x_i||^2 - ||s_j||^2 / |S_j|)`: the inertia against the exact
+    /// cluster means, from the member sums `s_j` and the rows' squared norms, in `f64`. It agrees
+    /// with [`inertia`] to rounding (which measures against the `f32` centres), enough to rank
+    /// restarts; the winner's inertia is still computed exactly.
+    fn quick_inertia(&self, norms: &[f64]) -> f64 {
+        let k = self.counts.len();
+        let mut member_norms = vec![0.0f64; k];
+        for (&l, &n) in self.labels.iter().zip(norms) {
+            member_norms[l as usize] += n;
+        }
+        let d = self.sums.len() / k.max(1);
+        (0..k)
+            .filter(|&j| self.counts[j] > 0)
+            .map(|j| {
+                let s = &self.sums[j * d..(j + 1) * d];
+                member_norms[j] - s.iter().map(|v| v * v).sum::<f64>() / self.counts[j] as f64
+            })
+            .sum()
     }
 
     fn finish(self, x: RowMatrix<'_>) -> Clustering {
@@ -464,4 +509,48 @@ fn seed_restarts(x: RowMatrix<'_>, norms: &[f64], cfg: &KMeansConfig) -> Vec<Res
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    #[test]
+    fn the_winner_is_the_restart_of_lowest_exact_inertia() {
+        // Offset blobs (a large common mean makes the sums' formula cancel the most), many
+        // restarts: the restarts' exact inertias, computed here for every restart, pick the same
+        // winner as the ranking by sums, and its quick inertia agrees with the exact one.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (n, d, k) = (600, 24, 3);
+        let data: Vec<f32> =
+            (0..n * d).map(|i| 10.0 + (i / d % 5) as f32 * 0.2 + rng.random::<f32>()).collect();
+        let x = RowMatrix::new(&data, n, d).unwrap();
+        let mut cfg = KMeansConfig::new(k, 100);
+        cfg.n_init = 8;
+        let norms = row_sq_norms(x);
+        let tol = cfg.tol * mean_column_variance(x);
+        let mut runs = seed_restarts(x, &norms, &cfg);
+        lloyd(x, &norms, &cfg, n, tol, &mut runs).unwrap();
+        for run in &runs {
+            let exact = inertia(x, &run.labels, &run.centers);
+            let quick = run.quick_inertia(&norms);
+            assert!((quick - exact).abs() <= 1e-9 * exact, "quick {quick} exact {exact}");
+        }
+        let all: Vec<Clustering> = runs.into_iter().map(|r| r.finish(x)).collect();
+        let mut want = &all[0];
+        for c in &all {
+            if c.inertia < want.inertia {
+                want = c;
+            }
+        }
+        let got = constrained_kmeans(x, &cfg).unwrap();
+        assert_eq!(got.best_init, want.best_init);
+        assert_eq!(got.inertia.to_bits(), want.inertia.to_bits());
+        assert_eq!(got.labels, want.labels);
+        let distinct = all.iter().map(|c| c.inertia.to_bits()).collect::<std::collections::BTreeSet<_>>();
+        assert!(distinct.len() > 1, "every restart reached the same optimum: nothing was ranked");
+    }
 }

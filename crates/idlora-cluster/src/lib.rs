@@ -27,6 +27,7 @@
 
 pub mod bases_file;
 pub mod distance;
+pub mod dots;
 mod error;
 pub mod flow;
 pub mod kmeans;
