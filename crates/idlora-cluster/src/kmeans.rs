@@ -6,7 +6,7 @@
 //! `(seed, restart)`, so results are bit-identical for a given seed whatever the number of threads.
 //!
 //! The restarts advance in lockstep: one pass over the data computes the distances from every row
-//! to the centres of *all* restarts still running (a GEMM with `n_init * k` columns, compute-bound,
+//! to the centres of *all* restarts still running (one product with `n_init * k` centres, compute-bound,
 //! where `n_init` separate passes with `k` columns each would be bound by memory bandwidth), and
 //! the assignment solves then run in parallel, one per restart. The cluster sums are updated
 //! incrementally, from the rows that changed cluster only, so a late iteration that moves a few
