@@ -1,4 +1,4 @@
-//! Squared Euclidean distances between rows and centres through a GEMM:
+//! Squared Euclidean distances between rows and centres through dot products:
 //! `||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2`.
 //!
 //! The dot products run in `f32`, through [`crate::dots`]'s in-place kernel where the CPU has
@@ -6,9 +6,9 @@
 //! `f64`. Rows are split into fixed chunks computed in parallel: each row's result
 //! depends only on that row, so the output is bit-identical whatever the number of threads.
 //!
-//! Each entry is also independent of which *other* centres share the call (the GEMM accumulates
-//! every `(row, centre)` pair over the depth in the same blocked order wherever the centre sits in
-//! the batch; a test pins this). k-means relies on it: all restarts share one pass over the data,
+//! Each entry is also independent of which *other* centres share the call (both kernels accumulate
+//! every `(row, centre)` pair over the depth in the same order wherever the centre sits in the
+//! batch; a test pins this for each). k-means relies on it: all restarts share one pass over the data,
 //! and a restart's trajectory must not depend on the restarts beside it.
 
 use rayon::prelude::*;

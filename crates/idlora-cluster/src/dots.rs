@@ -28,7 +28,7 @@ const CENTRES: usize = 6;
 #[cfg(target_arch = "x86_64")]
 const DEPTH: usize = 256;
 
-/// Whether this CPU runs [`dots`] (x86-64 with AVX-512F, detected at run time).
+/// Whether this CPU runs [`Centres::dots`] (x86-64 with AVX-512F, detected at run time).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -68,16 +68,6 @@ impl Centres {
             p0 += len;
         }
         Some(Self { packed, m, d })
-    }
-
-    /// Number of centres.
-    pub fn len(&self) -> usize {
-        self.m
-    }
-
-    /// Whether there are no centres.
-    pub fn is_empty(&self) -> bool {
-        self.m == 0
     }
 
     /// `out[i * m + j] = a_i . c_j` for the `rows x d` row-major `a`. Returns `false`, touching
