@@ -87,30 +87,133 @@ pub fn sq_distances(x: RowMatrix<'_>, x_norms: &[f64], centers: &[f32]) -> Vec<f
 
 /// [`sq_distances`] with a chosen dot-product kernel (for benchmarks and cross-checks).
 pub fn sq_distances_with(x: RowMatrix<'_>, x_norms: &[f64], centers: &[f32], kernel: DotKernel) -> Vec<f64> {
-    let d = x.cols();
-    let m = centers.len() / d;
-    let c_norms: Vec<f64> = centers.chunks_exact(d).map(sq_norm).collect();
-    let packed = match kernel {
-        DotKernel::Auto if crate::dots::available() => Centres::new(centers, m, d),
-        _ => None,
-    };
-    let mut out = vec![0.0f64; x.rows() * m];
-    out.par_chunks_mut(CHUNK_ROWS * m).enumerate().for_each(|(chunk, out)| {
-        let r0 = chunk * CHUNK_ROWS;
-        let rows = out.len() / m;
-        let mut dots = vec![0.0f32; rows * m];
-        let a = &x.data()[r0 * d..(r0 + rows) * d];
-        if !packed.as_ref().is_some_and(|p| p.dots(a, rows, &mut dots)) {
-            gemm_dots(a, rows, d, centers, m, &mut dots);
+    Prepared::new(centers, x.cols(), kernel).all(x, x_norms)
+}
+
+/// One entry of the distance matrix from its dot product, clamped at zero.
+#[inline(always)]
+fn assemble(x_norm: f64, dot: f32, c_norm: f64) -> f64 {
+    (x_norm - 2.0 * f64::from(dot) + c_norm).max(0.0)
+}
+
+/// Unit roundoff of `f32`.
+const U32: f64 = 1.0 / (1u64 << 24) as f64;
+/// Unit roundoff of `f64`.
+const U64: f64 = 1.0 / (1u64 << 53) as f64;
+
+/// Centres made ready for one distance pass (packed for the in-place kernel, norms computed),
+/// which computes the entries of any rows: all of them, a chosen subset, or one row at a time,
+/// every entry bit for bit as in the others.
+pub(crate) struct Prepared<'a> {
+    centers: &'a [f32],
+    m: usize,
+    d: usize,
+    norms: Vec<f64>,
+    packed: Option<Centres>,
+    /// `gamma`: the dot products' rounding error is at most `gamma sum_p |x_p c_p|`.
+    gamma: f64,
+}
+
+impl<'a> Prepared<'a> {
+    pub(crate) fn new(centers: &'a [f32], d: usize, kernel: DotKernel) -> Self {
+        let m = centers.len() / d.max(1);
+        let norms: Vec<f64> = centers.chunks_exact(d.max(1)).map(sq_norm).collect();
+        let packed = match kernel {
+            DotKernel::Auto if crate::dots::available() => Centres::new(centers, m, d),
+            _ => None,
+        };
+        // The in-place kernel: one fused multiply-add chain per lane of 16 (full vectors, plus
+        // at most one masked vector per depth block), then a four-level horizontal sum.
+        // matrixmultiply: at most one chain of the whole depth, possibly a multiply and an add
+        // per step, plus its depth blocks' additions. Both bounds are the textbook
+        // `|fl(sum) - sum| <= n u sum |terms|` (Higham, ch. 3) with room to spare.
+        let steps = match packed {
+            Some(_) => d.div_ceil(16) + d.div_ceil(256) + 5,
+            None => 2 * d + 16,
+        };
+        let gamma = 1.01 * steps as f64 * U32;
+        Self { centers, m, d, norms, packed, gamma }
+    }
+
+    /// Number of centres.
+    pub(crate) fn len(&self) -> usize {
+        self.m
+    }
+
+    /// A bound on `|computed - exact|` for the entry of a row of squared norm `x_norm` and centre
+    /// `j`, where `exact` is `||x - c_j||^2` in real arithmetic (the clamp at zero only moves a
+    /// computed value towards it). The dot product's error is at most `gamma ||x|| ||c_j||`
+    /// (Cauchy-Schwarz); the `f64` norms and the assembly add a few `f64` roundings of the
+    /// magnitudes involved.
+    pub(crate) fn error_bound(&self, x_norm: f64, j: usize) -> f64 {
+        let cross = (x_norm * self.norms[j]).sqrt();
+        let f64_part = ((self.d + 8) as f64 * U64) * (x_norm + self.norms[j] + 2.0 * cross);
+        (2.0 * self.gamma * cross + f64_part) * (1.0 + 1e-9) + f64::MIN_POSITIVE
+    }
+
+    /// The `n x m` matrix for every row of `x`.
+    pub(crate) fn all(&self, x: RowMatrix<'_>, x_norms: &[f64]) -> Vec<f64> {
+        let (d, m) = (self.d, self.m);
+        let mut out = vec![0.0f64; x.rows() * m];
+        if m == 0 {
+            return out;
         }
-        for (r, (o, dot)) in out.chunks_exact_mut(m).zip(dots.chunks_exact(m)).enumerate() {
-            let xn = x_norms[r0 + r];
+        out.par_chunks_mut(CHUNK_ROWS * m).enumerate().for_each(|(chunk, out)| {
+            let r0 = chunk * CHUNK_ROWS;
+            let rows = out.len() / m;
+            self.block(&x.data()[r0 * d..(r0 + rows) * d], &x_norms[r0..r0 + rows], out);
+        });
+        out
+    }
+
+    /// The `rows.len() x m` matrix for the listed rows of `x`, in the order listed.
+    pub(crate) fn some(&self, x: RowMatrix<'_>, x_norms: &[f64], rows: &[u32]) -> Vec<f64> {
+        let (d, m) = (self.d, self.m);
+        let mut out = vec![0.0f64; rows.len() * m];
+        if m == 0 {
+            return out;
+        }
+        out.par_chunks_mut(CHUNK_ROWS * m).zip(rows.par_chunks(CHUNK_ROWS)).for_each(|(out, rows)| {
+            let norms: Vec<f64> = rows.iter().map(|&i| x_norms[i as usize]).collect();
+            let mut dots = vec![0.0f32; rows.len() * m];
+            // The in-place kernel reads the listed rows where they lie; matrixmultiply wants them
+            // gathered.
+            if !self.packed.as_ref().is_some_and(|p| p.dots_rows(x.data(), rows, &mut dots)) {
+                let mut a = Vec::with_capacity(rows.len() * d);
+                for &i in rows {
+                    a.extend_from_slice(x.row(i as usize));
+                }
+                gemm_dots(&a, rows.len(), d, self.centers, m, &mut dots);
+            }
+            self.assemble_block(&dots, &norms, out);
+        });
+        out
+    }
+
+    /// Row `i` of the matrix into `out` (`m` values).
+    pub(crate) fn one(&self, x: RowMatrix<'_>, x_norms: &[f64], i: usize, out: &mut [f64]) {
+        self.block(x.row(i), &x_norms[i..i + 1], out);
+    }
+
+    /// Entries of the contiguous rows `a` (`norms.len()` of them) into `out`.
+    fn block(&self, a: &[f32], norms: &[f64], out: &mut [f64]) {
+        let (d, m, rows) = (self.d, self.m, norms.len());
+        let mut dots = vec![0.0f32; rows * m];
+        if !self.packed.as_ref().is_some_and(|p| p.dots(a, rows, &mut dots)) {
+            gemm_dots(a, rows, d, self.centers, m, &mut dots);
+        }
+        self.assemble_block(&dots, norms, out);
+    }
+
+    /// Entries from their dot products (`norms.len() x m` of each).
+    fn assemble_block(&self, dots: &[f32], norms: &[f64], out: &mut [f64]) {
+        let m = self.m;
+        for ((o, dot), &xn) in out.chunks_exact_mut(m).zip(dots.chunks_exact(m)).zip(norms) {
             for j in 0..m {
-                o[j] = (xn - 2.0 * f64::from(dot[j]) + c_norms[j]).max(0.0);
+                o[j] = assemble(xn, dot[j], self.norms[j]);
             }
         }
-    });
-    out
+    }
 }
 
 /// `dots[r * m + j] = a_r . c_j` through `matrixmultiply`'s packed kernels.
@@ -195,6 +298,69 @@ mod tests {
                                 "{kernel:?} {n}x{d} row {i} centre {}",
                                 off + j
                             );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn listed_rows_and_single_rows_match_the_full_pass_bit_for_bit() {
+        // Pruned k-means passes compute chosen rows, and the flow one row at a time: each entry
+        // must be the one the full pass gives.
+        for kernel in [DotKernel::Auto, DotKernel::Gemm] {
+            for (n, d, m) in [(300, 37, 4), (515, 1000, 7), (70, 4096, 12)] {
+                let x = data(n, d, 7919, 1000, 500.0, 1.0);
+                let xm = RowMatrix::new(&x, n, d).unwrap();
+                let norms = row_sq_norms(xm);
+                let c = data(m, d, 104729, 997, 400.0, 1.2);
+                let prepared = Prepared::new(&c, d, kernel);
+                let all = prepared.all(xm, &norms);
+                let rows: Vec<u32> = (0..n as u32).rev().step_by(3).chain([0, 0, 5]).collect();
+                let some = prepared.some(xm, &norms, &rows);
+                let mut one = vec![0.0; m];
+                for (t, &i) in rows.iter().enumerate() {
+                    let i = i as usize;
+                    prepared.one(xm, &norms, i, &mut one);
+                    for j in 0..m {
+                        let want = all[i * m + j].to_bits();
+                        assert_eq!(some[t * m + j].to_bits(), want, "{kernel:?} {n}x{d} listed row {i}");
+                        assert_eq!(one[j].to_bits(), want, "{kernel:?} {n}x{d} single row {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn computed_distances_lie_within_their_error_bound() {
+        // Against an exact f64 reference, at LLM weight scale and with a large common offset
+        // (where `||x||^2 - 2 x.c + ||c||^2` cancels the most). The bound must hold for every
+        // entry, and not be vacuous: well below the distances themselves at weight scale.
+        for kernel in [DotKernel::Auto, DotKernel::Gemm] {
+            for (d, scale, offset) in [(4096, 0.02, 0.0), (1000, 1.0, 0.0), (257, 0.5, 20.0), (33, 1e-3, 0.0)]
+            {
+                let n = 40;
+                let x: Vec<f32> =
+                    data(n, d, 7919, 1000, 500.0, 1.0).iter().map(|v| offset + scale * v).collect();
+                let c: Vec<f32> =
+                    data(5, d, 104729, 997, 400.0, 1.2).iter().map(|v| offset + 0.5 * scale * v).collect();
+                let xm = RowMatrix::new(&x, n, d).unwrap();
+                let norms = row_sq_norms(xm);
+                let prepared = Prepared::new(&c, d, kernel);
+                let got = prepared.all(xm, &norms);
+                for i in 0..n {
+                    for j in 0..5 {
+                        let want = sq_dist_exact(xm.row(i), &c[j * d..(j + 1) * d]);
+                        let bound = prepared.error_bound(norms[i], j);
+                        let err = (got[i * 5 + j] - want).abs();
+                        assert!(
+                            err <= bound,
+                            "{kernel:?} d {d} offset {offset}: error {err:e} above {bound:e}"
+                        );
+                        if offset == 0.0 {
+                            assert!(bound < 1e-2 * want, "{kernel:?} d {d}: bound {bound:e} vs {want:e}");
                         }
                     }
                 }

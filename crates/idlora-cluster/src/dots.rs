@@ -91,17 +91,70 @@ impl Centres {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F was detected above, and the slices hold exactly the shapes' elements.
         unsafe {
-            dots_avx512(a, rows, self, out);
+            dots_avx512(Rows::Contiguous(a.as_ptr(), self.d), rows, self, out);
+        }
+        true
+    }
+
+    /// `out[t * m + j] = x_{rows[t]} . c_j` for the listed rows of the row-major `data` (rows of
+    /// depth `d`), read where they lie; each entry bit for bit as [`Centres::dots`] gives it.
+    /// Returns `false`, touching nothing, where [`available`] is false, `out` does not hold
+    /// `rows.len() * m` values or a row lies past the end of `data`.
+    ///
+    /// ```
+    /// use idlora_cluster::dots::Centres;
+    /// let data = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // three rows of depth 2
+    /// let c = Centres::new(&[1.0, 1.0], 1, 2).unwrap(); // one centre
+    /// let mut out = [0.0f32; 2];
+    /// if c.dots_rows(&data, &[2, 0], &mut out) {
+    ///     assert_eq!(out, [11.0, 3.0]);
+    /// }
+    /// ```
+    pub fn dots_rows(&self, data: &[f32], rows: &[u32], out: &mut [f32]) -> bool {
+        let d = self.d;
+        let inside = rows.iter().all(|&i| {
+            (i as usize).checked_add(1).and_then(|e| e.checked_mul(d)).is_some_and(|e| e <= data.len())
+        });
+        if !available() || !inside || rows.len().checked_mul(self.m) != Some(out.len()) {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F was detected above; every listed row lies inside `data`, and `out`
+        // holds the shapes' elements.
+        unsafe {
+            dots_avx512(Rows::Indexed(data.as_ptr(), d, rows), rows.len(), self, out);
         }
         true
     }
 }
 
+/// Where the rows of a call lie.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// Row `t` at `base + t d`.
+    Contiguous(*const f32, usize),
+    /// Row `t` at `base + rows[t] d`.
+    Indexed(*const f32, usize, &'a [u32]),
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Rows<'_> {
+    /// Start of row `t`, offset by `p` floats (pointer arithmetic only: in bounds by the callers'
+    /// checks).
+    fn at(self, t: usize, p: usize) -> *const f32 {
+        match self {
+            Rows::Contiguous(base, d) => base.wrapping_add(t * d + p),
+            Rows::Indexed(base, d, rows) => base.wrapping_add(rows[t] as usize * d + p),
+        }
+    }
+}
+
 /// # Safety
-/// The CPU supports AVX-512F; `a` and `out` hold `rows * d` and `rows * m` elements.
+/// The CPU supports AVX-512F; `a` holds `rows` rows of depth `d` and `out` `rows * m` elements.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dots_avx512(a: &[f32], rows: usize, centres: &Centres, out: &mut [f32]) {
+unsafe fn dots_avx512(a: Rows<'_>, rows: usize, centres: &Centres, out: &mut [f32]) {
     let (m, d) = (centres.m, centres.d);
     let mut acc = vec![_mm512_setzero_ps(); ROWS * m];
     let mut r0 = 0;
@@ -118,10 +171,13 @@ unsafe fn dots_avx512(a: &[f32], rows: usize, centres: &Centres, out: &mut [f32]
                 // d (the packed block at p0 * m holds m pieces of len), and `acc` holds
                 // ROWS * m accumulators (row r's at r * m).
                 unsafe {
-                    let x = a.as_ptr().add(r0 * d + p0);
+                    let mut x = [a.at(r0, p0); ROWS];
+                    for (r, p) in x.iter_mut().enumerate().take(rt) {
+                        *p = a.at(r0 + r, p0);
+                    }
                     let c = centres.packed.as_ptr().add(p0 * m + c0 * len);
                     let acc = acc.as_mut_ptr().add(c0);
-                    tile(rt, ct, (x, d), (c, len), len, (acc, m));
+                    tile(rt, ct, &x, (c, len), len, (acc, m));
                 }
                 c0 += ct;
             }
@@ -145,7 +201,7 @@ unsafe fn dots_avx512(a: &[f32], rows: usize, centres: &Centres, out: &mut [f32]
 unsafe fn tile(
     rt: usize,
     ct: usize,
-    x: (*const f32, usize),
+    x: &[*const f32; ROWS],
     c: (*const f32, usize),
     len: usize,
     acc: (*mut __m512, usize),
@@ -167,16 +223,17 @@ unsafe fn tile(
 }
 
 /// `acc[r * acc_ld + j] += x_r[0..len] * c_j[0..len]` lane-wise for `R` rows and `C` centres,
-/// the accumulators held in registers over the block. `x`, `c` and `acc` are (pointer, stride).
+/// the accumulators held in registers over the block. `x` holds the rows' pointers; `c` and
+/// `acc` are (pointer, stride).
 ///
 /// # Safety
-/// AVX-512F; `x` and `c` point at `R` and `C` rows of their strides with `len` readable floats
-/// each; `acc` at `R` rows of its stride with `C` accumulators each.
+/// AVX-512F; the first `R` pointers of `x` and the `C` rows of `c` have `len` readable floats
+/// each; `acc` points at `R` rows of its stride with `C` accumulators each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn tile_kernel<const R: usize, const C: usize>(
-    (x, ld): (*const f32, usize),
+    x: &[*const f32; ROWS],
     (c, cld): (*const f32, usize),
     len: usize,
     (acc, acc_ld): (*mut __m512, usize),
@@ -185,9 +242,9 @@ unsafe fn tile_kernel<const R: usize, const C: usize>(
     // Plain loops over the const sizes, no closures: a closure is not compiled with this
     // function's target features unless inlined, and in the dev profile it may not be.
     unsafe {
-        let mut xr = [x; R];
+        let mut xr = [x[0]; R];
         for (r, p) in xr.iter_mut().enumerate() {
-            *p = x.wrapping_add(r * ld);
+            *p = x[r];
         }
         let mut cr = [c; C];
         for (j, p) in cr.iter_mut().enumerate() {
@@ -284,6 +341,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn listed_rows_give_the_contiguous_entries_bit_for_bit() {
+        if !available() {
+            eprintln!("no AVX-512F here: the kernel is not run");
+            return;
+        }
+        let (n, d, m) = (23, 530, 9);
+        let a = data(n * d, 7919, 500.0);
+        let c = Centres::new(&data(m * d, 104729, 400.0), m, d).unwrap();
+        let mut all = vec![0.0f32; n * m];
+        assert!(c.dots(&a, n, &mut all));
+        let rows = [22u32, 0, 7, 7, 3, 19, 1];
+        let mut out = vec![f32::NAN; rows.len() * m];
+        assert!(c.dots_rows(&a, &rows, &mut out));
+        for (t, &i) in rows.iter().enumerate() {
+            for j in 0..m {
+                assert_eq!(out[t * m + j].to_bits(), all[i as usize * m + j].to_bits(), "row {i} centre {j}");
+            }
+        }
+        assert!(!c.dots_rows(&a, &[23], &mut out[..m]), "a row past the end was read");
+        assert!(!c.dots_rows(&a, &[1, 2], &mut out[..m]), "a short output was written");
     }
 
     #[test]

@@ -99,8 +99,38 @@ enum Arc {
     Upper,
 }
 
-struct Solver<'a> {
+/// Where the solver reads its costs: every cost known exactly (the public [`assign`]), or known
+/// within bounds with the exact values computed on demand (k-means' pruned passes).
+pub(crate) trait CostSource {
+    /// Point `i`'s `k` costs, where they are known exactly.
+    fn exact(&self, i: usize) -> Option<&[f64]>;
+    /// Bounds `(lower, upper)` on point `i`'s `k` costs (where exact, both are the costs).
+    fn bounds(&self, i: usize) -> (&[f64], &[f64]);
+    /// Computes point `i`'s exact costs; [`CostSource::exact`] returns them from now on.
+    fn resolve(&mut self, i: usize);
+}
+
+/// Costs all known: an `n x k` row-major matrix.
+struct Dense<'a> {
     costs: &'a [f64],
+    k: usize,
+}
+
+impl CostSource for Dense<'_> {
+    fn exact(&self, i: usize) -> Option<&[f64]> {
+        Some(&self.costs[i * self.k..(i + 1) * self.k])
+    }
+
+    fn bounds(&self, i: usize) -> (&[f64], &[f64]) {
+        let row = &self.costs[i * self.k..(i + 1) * self.k];
+        (row, row)
+    }
+
+    fn resolve(&mut self, _i: usize) {}
+}
+
+struct Solver<'a, C: CostSource> {
+    costs: &'a mut C,
     k: usize,
     size_min: usize,
     cap_upper: usize,
@@ -115,30 +145,48 @@ struct Solver<'a> {
     pi: Vec<Cost>,
 }
 
-impl Solver<'_> {
-    fn cost(&self, i: usize, j: usize) -> f64 {
-        self.costs[i * self.k + j]
+/// The key of moving point `i` from cluster `j` to `l`: `c[i][l] - c[i][j]` where its costs are
+/// exact, else the lower bound `lower[i][l] - upper[i][j]` (rounding is monotonic, so the
+/// computed bound never exceeds the computed exact key).
+fn exchange_key<C: CostSource>(costs: &C, i: usize, j: usize, l: usize) -> f64 {
+    match costs.exact(i) {
+        Some(c) => c[l] - c[j],
+        None => {
+            let (lo, hi) = costs.bounds(i);
+            lo[l] - hi[j]
+        }
     }
+}
 
+impl<C: CostSource> Solver<'_, C> {
     fn push_point(&mut self, i: usize) {
         let j = self.labels[i] as usize;
-        let base = self.cost(i, j);
         for l in (0..self.k).filter(|&l| l != j) {
-            let key = self.cost(i, l) - base;
+            let key = exchange_key(&*self.costs, i, j, l);
             self.heaps[j * self.k + l].push(Entry { key, i: i as u32, ver: self.version[i] });
         }
     }
 
     /// The cheapest re-labelling from `j` to `l`, dropping stale entries.
+    ///
+    /// An entry keyed by a bound is resolved when it comes to the top: the point's exact costs
+    /// replace all its entries, and the search goes on. An exact entry on top is then the
+    /// minimum over exact keys too (every other key is at most its exact value), with the same
+    /// tie-break, so the solver takes the same steps as with every cost known from the start.
     fn top(&mut self, j: usize, l: usize) -> Option<Entry> {
-        let heap = &mut self.heaps[j * self.k + l];
-        while let Some(&e) = heap.peek() {
-            if self.version[e.i as usize] == e.ver {
+        loop {
+            let &e = self.heaps[j * self.k + l].peek()?;
+            let i = e.i as usize;
+            if self.version[i] != e.ver {
+                self.heaps[j * self.k + l].pop();
+            } else if self.costs.exact(i).is_none() {
+                self.costs.resolve(i);
+                self.version[i] += 1;
+                self.push_point(i);
+            } else {
                 return Some(e);
             }
-            heap.pop();
         }
-        None
     }
 
     fn sink_arc(&self, j: usize) -> Option<(Arc, Cost)> {
@@ -285,20 +333,36 @@ pub fn assign(
             reason: format!("non-finite cost for point {} and cluster {}", pos / k, pos % k),
         });
     }
+    let labels = solve(&mut Dense { costs, k }, n, k, size_min, size_max)?;
+    Ok(finish(costs, k, labels))
+}
+
+/// The labels of the optimal assignment for costs read through `costs`. Bounds as in
+/// [`check_bounds`] are the caller's to check.
+pub(crate) fn solve<C: CostSource>(
+    costs: &mut C,
+    n: usize,
+    k: usize,
+    size_min: usize,
+    size_max: usize,
+) -> Result<Vec<u32>, ClusterError> {
     let mut labels = Vec::with_capacity(n);
     let mut sizes = vec![0usize; k];
-    for row in costs.chunks_exact(k) {
-        let mut best = 0;
-        for j in 1..k {
-            if row[j] < row[best] {
-                best = j;
+    for i in 0..n {
+        let best = match nearest_by_bounds(&*costs, i, k) {
+            Some(best) => best,
+            None => {
+                costs.resolve(i);
+                let (row, _) = costs.bounds(i);
+                // The first minimum: ties go to the lower cluster index.
+                (1..k).fold(0, |best, j| if row[j] < row[best] { j } else { best })
             }
-        }
+        };
         labels.push(best as u32);
         sizes[best] += 1;
     }
     if sizes.iter().all(|&s| (size_min..=size_max).contains(&s)) {
-        return Ok(finish(costs, k, labels));
+        return Ok(labels);
     }
     let mut solver = Solver {
         costs,
@@ -317,9 +381,12 @@ pub fn assign(
     let mut entries: Vec<Vec<Entry>> = vec![Vec::new(); k * k];
     for i in 0..n {
         let j = solver.labels[i] as usize;
-        let base = solver.cost(i, j);
         for l in (0..k).filter(|&l| l != j) {
-            entries[j * k + l].push(Entry { key: solver.cost(i, l) - base, i: i as u32, ver: 0 });
+            entries[j * k + l].push(Entry {
+                key: exchange_key(&*solver.costs, i, j, l),
+                i: i as u32,
+                ver: 0,
+            });
         }
     }
     solver.heaps = entries.into_iter().map(BinaryHeap::from).collect();
@@ -332,7 +399,18 @@ pub fn assign(
             });
         }
     }
-    Ok(finish(costs, k, solver.labels))
+    Ok(solver.labels)
+}
+
+/// Point `i`'s nearest cluster where its costs are exact (the first minimum) or where its bounds
+/// prove one cluster strictly nearest; `None` where they do not.
+pub(crate) fn nearest_by_bounds<C: CostSource>(costs: &C, i: usize, k: usize) -> Option<usize> {
+    if let Some(row) = costs.exact(i) {
+        return Some((1..k).fold(0, |best, j| if row[j] < row[best] { j } else { best }));
+    }
+    let (lo, hi) = costs.bounds(i);
+    let best = (1..k).fold(0, |best, j| if hi[j] < hi[best] { j } else { best });
+    (0..k).all(|j| j == best || hi[best] < lo[j]).then_some(best)
 }
 
 fn finish(costs: &[f64], k: usize, labels: Vec<u32>) -> Assignment {
@@ -358,4 +436,70 @@ pub fn check_bounds(n: usize, k: usize, size_min: usize, size_max: usize) -> Res
         return Err(ClusterError::MaxSizeInfeasible { k, size_max, rows: n });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    /// Exact costs behind bounds of random widths; `resolve` reveals them and counts.
+    struct Hidden {
+        k: usize,
+        costs: Vec<f64>,
+        lo: Vec<f64>,
+        hi: Vec<f64>,
+        exact: Vec<bool>,
+        resolved: usize,
+    }
+
+    impl CostSource for Hidden {
+        fn exact(&self, i: usize) -> Option<&[f64]> {
+            self.exact[i].then(|| &self.costs[i * self.k..(i + 1) * self.k])
+        }
+
+        fn bounds(&self, i: usize) -> (&[f64], &[f64]) {
+            let k = self.k;
+            if self.exact[i] {
+                let row = &self.costs[i * k..(i + 1) * k];
+                (row, row)
+            } else {
+                (&self.lo[i * k..(i + 1) * k], &self.hi[i * k..(i + 1) * k])
+            }
+        }
+
+        fn resolve(&mut self, i: usize) {
+            assert!(!self.exact[i], "point {i} resolved twice");
+            self.exact[i] = true;
+            self.resolved += 1;
+        }
+    }
+
+    #[test]
+    fn costs_behind_bounds_give_the_labels_of_the_full_matrix() {
+        // Costs on a coarse grid (many exact ties, to exercise the tie-breaks), bounds from
+        // exact to loose, some points exact from the start; sizes that force many moves.
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut resolved_some = false;
+        for trial in 0..60 {
+            let (n, k): (usize, usize) = (rng.random_range(20..300), rng.random_range(2..6));
+            let costs: Vec<f64> = (0..n * k).map(|_| f64::from(rng.random_range(0..40u32)) * 0.25).collect();
+            let size_min = rng.random_range(0..=n / k);
+            let size_max = if trial % 3 == 0 { rng.random_range(n.div_ceil(k)..=n) } else { n };
+            let width = [0.0, 0.1, 1.0, 5.0][trial % 4];
+            let lo: Vec<f64> = costs.iter().map(|c| c - width * rng.random::<f64>()).collect();
+            let hi: Vec<f64> = costs.iter().map(|c| c + width * rng.random::<f64>()).collect();
+            let exact: Vec<bool> = (0..n).map(|_| rng.random::<f64>() < 0.2).collect();
+            let want = assign(&costs, n, k, size_min, size_max).unwrap().labels;
+            let mut hidden = Hidden { k, costs, lo, hi, exact, resolved: 0 };
+            let got = solve(&mut hidden, n, k, size_min, size_max).unwrap();
+            assert_eq!(got, want, "trial {trial}: n {n} k {k} sizes {size_min}..{size_max} width {width}");
+            if width > 0.0 && hidden.resolved < n {
+                resolved_some = true;
+            }
+        }
+        assert!(resolved_some, "every point was resolved in every trial: nothing was lazy");
+    }
 }

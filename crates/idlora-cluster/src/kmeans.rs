@@ -12,14 +12,24 @@
 //! incrementally, from the rows that changed cluster only, so a late iteration that moves a few
 //! rows costs no second pass over the data. Each distance is independent of the other centres in
 //! the batch ([`crate::distance`]), so a restart's trajectory does not depend on its neighbours.
+//!
+//! Late iterations move few rows, and most rows' nearest cluster cannot have changed. With
+//! [`Pruning::Bounds`] (the default) each restart keeps, per row and cluster, an interval holding
+//! the Euclidean distance (Elkan's bounds, 2003): set from each exact distance, widened by each
+//! centre's movement (triangle inequality), and turned into bounds on the *computed* squared
+//! distance with a rigorous bound on its rounding error. A pass then computes the distances of
+//! the rows whose nearest cluster the bounds leave open; the flow solver takes the others' bounds
+//! and computes a row's exact distances when a bound reaches the top of one of its exchange heaps
+//! ([`crate::flow`]). Every decision is the one the full cost matrix gives, so the result is bit
+//! for bit that of [`Pruning::Off`] (a test pins this); only the work differs.
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{accumulate_row_f64, row_sq_norms, sq_dist_exact, sq_distances};
-use crate::flow::{self, check_bounds};
+use crate::distance::{DotKernel, Prepared, accumulate_row_f64, row_sq_norms, sq_dist_exact, sq_distances};
+use crate::flow::{self, CostSource, check_bounds};
 use crate::{ClusterError, RowMatrix, lp};
 
 /// Which exact solver performs the assignment step.
@@ -31,6 +41,18 @@ pub enum AssignmentSolver {
     Flow,
     /// The LP through `good_lp`'s pure-Rust solver (slow; an independent reference).
     Lp,
+}
+
+/// Whether Lloyd's passes skip the rows whose assignment distance bounds settle (module docs).
+/// Both settings give bit-identical results; `Off` exists for cross-checks and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pruning {
+    /// Distance bounds per row and cluster; exact distances only where they are needed.
+    #[default]
+    Bounds,
+    /// Every distance at every iteration.
+    Off,
 }
 
 /// Settings of [`constrained_kmeans`].
@@ -53,6 +75,9 @@ pub struct KMeansConfig {
     pub seed: u64,
     /// Assignment solver.
     pub solver: AssignmentSolver,
+    /// Distance bounds that skip settled rows (flow solver only; the LP reads every cost).
+    #[serde(default)]
+    pub pruning: Pruning,
 }
 
 impl KMeansConfig {
@@ -68,6 +93,7 @@ impl KMeansConfig {
             tol: 1e-4,
             seed: 0,
             solver: AssignmentSolver::Flow,
+            pruning: Pruning::Bounds,
         }
     }
 }
@@ -205,9 +231,164 @@ struct Restart {
     counts: Vec<usize>,
     n_iter: usize,
     phase: Phase,
+    /// Bounds on the Euclidean distance from each row to each centre (`n x k`), valid for the
+    /// current centres; empty until a full pass sets them (and always with pruning off).
+    dist_lo: Vec<f64>,
+    dist_hi: Vec<f64>,
+    /// Rows whose distances the assignment passes computed, all passes together (for tests).
+    rows_computed: usize,
+}
+
+/// Costs for the flow solver from a restart's distance bounds, exact where computed.
+struct Bounded<'a> {
+    x: RowMatrix<'a>,
+    norms: &'a [f64],
+    centres: &'a Prepared<'a>,
+    k: usize,
+    /// `n x k` lower bounds on the computed costs; the costs themselves where `exact`.
+    lo: Vec<f64>,
+    /// `n x k` upper bounds; equal to `lo` where `exact`.
+    hi: Vec<f64>,
+    exact: Vec<bool>,
+    /// A non-finite cost came out of a distance (non-finite data).
+    non_finite: Option<usize>,
+}
+
+impl Bounded<'_> {
+    fn set_exact(&mut self, i: usize, costs: &[f64]) {
+        let k = self.k;
+        if costs.iter().any(|c| !c.is_finite()) {
+            self.non_finite.get_or_insert(i);
+        }
+        self.lo[i * k..(i + 1) * k].copy_from_slice(costs);
+        self.hi[i * k..(i + 1) * k].copy_from_slice(costs);
+        self.exact[i] = true;
+    }
+}
+
+impl CostSource for Bounded<'_> {
+    fn exact(&self, i: usize) -> Option<&[f64]> {
+        self.exact[i].then(|| &self.lo[i * self.k..(i + 1) * self.k])
+    }
+
+    fn bounds(&self, i: usize) -> (&[f64], &[f64]) {
+        let k = self.k;
+        (&self.lo[i * k..(i + 1) * k], &self.hi[i * k..(i + 1) * k])
+    }
+
+    fn resolve(&mut self, i: usize) {
+        let mut costs = vec![0.0f64; self.k];
+        self.centres.one(self.x, self.norms, i, &mut costs);
+        self.set_exact(i, &costs);
+    }
+}
+
+/// Above this share of rows left open by the bounds, a restart joins the shared full pass.
+const PRUNED_MAX_SHARE: f64 = 0.5;
+
+/// Sets distance bounds (`dist_lo`, `dist_hi`, `n x k`) from exact computed costs (`n x k`) of
+/// the rows flagged in `exact`, or of all rows.
+fn set_bounds(
+    (dist_lo, dist_hi): (&mut Vec<f64>, &mut Vec<f64>),
+    centres: &Prepared<'_>,
+    norms: &[f64],
+    costs: &[f64],
+    exact: Option<&[bool]>,
+) {
+    let k = centres.len();
+    let n = norms.len();
+    if dist_lo.len() != n * k {
+        *dist_lo = vec![0.0; n * k];
+        *dist_hi = vec![f64::INFINITY; n * k];
+    }
+    let rows = dist_lo.par_chunks_mut(k).zip(dist_hi.par_chunks_mut(k)).enumerate();
+    rows.for_each(|(i, (lo, hi))| {
+        if exact.is_some_and(|e| !e[i]) {
+            return;
+        }
+        for j in 0..k {
+            let (c, e) = (costs[i * k + j], centres.error_bound(norms[i], j));
+            lo[j] = (c - e).max(0.0).sqrt() * (1.0 - 1e-15);
+            hi[j] = (c + e).sqrt() * (1.0 + 1e-15);
+        }
+    });
 }
 
 impl Restart {
+    /// Widens the bounds by each centre's movement from `old` to the current centres.
+    fn drift_bounds(&mut self, old: &[f32]) {
+        if self.dist_lo.is_empty() {
+            return;
+        }
+        let k = self.counts.len();
+        let d = old.len() / k.max(1);
+        let moved: Vec<f64> = (0..k)
+            .map(|j| {
+                let (a, b) = (&old[j * d..(j + 1) * d], &self.centers[j * d..(j + 1) * d]);
+                sq_dist_exact(a, b).sqrt() * (1.0 + 1e-12) + f64::MIN_POSITIVE
+            })
+            .collect();
+        let rows = self.dist_lo.par_chunks_mut(k).zip(self.dist_hi.par_chunks_mut(k));
+        rows.for_each(|(lo, hi)| {
+            for j in 0..k {
+                lo[j] = (lo[j] - moved[j]).max(0.0);
+                hi[j] += moved[j];
+            }
+        });
+    }
+
+    /// The assignment to the current centres from the distance bounds, computing only the
+    /// distances the decisions need; `None` where the bounds leave too many rows open (or are
+    /// not set), for the shared full pass.
+    fn assign_pruned(
+        &mut self,
+        x: RowMatrix<'_>,
+        norms: &[f64],
+        cfg: &KMeansConfig,
+        size_max: usize,
+    ) -> Result<Option<Vec<u32>>, ClusterError> {
+        let (n, d, k) = (x.rows(), x.cols(), cfg.k);
+        if self.dist_lo.len() != n * k {
+            return Ok(None);
+        }
+        let centres = Prepared::new(&self.centers, d, DotKernel::Auto);
+        let mut lo = vec![0.0f64; n * k];
+        let mut hi = vec![0.0f64; n * k];
+        let (dist_lo, dist_hi) = (&self.dist_lo, &self.dist_hi);
+        lo.par_chunks_mut(k).zip(hi.par_chunks_mut(k)).enumerate().for_each(|(i, (lo, hi))| {
+            for j in 0..k {
+                let e = centres.error_bound(norms[i], j);
+                let (a, b) = (dist_lo[i * k + j], dist_hi[i * k + j]);
+                lo[j] = a * a * (1.0 - 1e-15) - e;
+                hi[j] = b * b * (1.0 + 1e-15) + e;
+            }
+        });
+        let mut costs =
+            Bounded { x, norms, centres: &centres, k, lo, hi, exact: vec![false; n], non_finite: None };
+        let open: Vec<u32> = (0..n as u32)
+            .into_par_iter()
+            .filter(|&i| flow::nearest_by_bounds(&costs, i as usize, k).is_none())
+            .collect();
+        if open.len() as f64 > PRUNED_MAX_SHARE * n as f64 {
+            return Ok(None);
+        }
+        let exact = centres.some(x, norms, &open);
+        for (&i, row) in open.iter().zip(exact.chunks_exact(k)) {
+            costs.set_exact(i as usize, row);
+        }
+        let labels = flow::solve(&mut costs, n, k, cfg.size_min, size_max)?;
+        if let Some(i) = costs.non_finite {
+            return Err(ClusterError::InvalidSetting {
+                name: "costs",
+                reason: format!("non-finite cost for point {i}"),
+            });
+        }
+        let Bounded { lo, exact, .. } = costs;
+        self.rows_computed += exact.iter().filter(|&&e| e).count();
+        set_bounds((&mut self.dist_lo, &mut self.dist_hi), &centres, norms, &lo, Some(&exact));
+        Ok(Some(labels))
+    }
+
     /// Re-labels the restart and updates its sums; returns how many rows moved.
     fn relabel(&mut self, x: RowMatrix<'_>, labels: Vec<u32>) -> usize {
         let d = x.cols();
@@ -296,6 +477,41 @@ fn solve_assignment(
     })
 }
 
+/// The assignment of every restart in `runs` to its current centres: from the distance bounds
+/// where they settle enough rows, the others through one shared full pass.
+fn assign_all(
+    x: RowMatrix<'_>,
+    norms: &[f64],
+    cfg: &KMeansConfig,
+    size_max: usize,
+    runs: &mut [&mut Restart],
+) -> Result<Vec<Vec<u32>>, ClusterError> {
+    let n = x.rows();
+    let pruning = cfg.pruning == Pruning::Bounds && cfg.solver == AssignmentSolver::Flow;
+    let mut out: Vec<Option<Vec<u32>>> = if pruning {
+        runs.par_iter_mut().map(|run| run.assign_pruned(x, norms, cfg, size_max)).collect::<Result<_, _>>()?
+    } else {
+        vec![None; runs.len()]
+    };
+    let mut full: Vec<(&mut &mut Restart, &mut Option<Vec<u32>>)> =
+        runs.iter_mut().zip(out.iter_mut()).filter(|(_, o)| o.is_none()).collect();
+    if !full.is_empty() {
+        let centers: Vec<&[f32]> = full.iter().map(|(run, _)| run.centers.as_slice()).collect();
+        let costs = batched_costs(x, norms, cfg.k, &centers);
+        full.par_iter_mut().zip(costs).try_for_each(|((run, out), costs)| -> Result<(), ClusterError> {
+            let labels = solve_assignment(&costs, n, cfg, size_max)?;
+            run.rows_computed += n;
+            if pruning {
+                let centres = Prepared::new(&run.centers, x.cols(), DotKernel::Auto);
+                set_bounds((&mut run.dist_lo, &mut run.dist_hi), &centres, norms, &costs, None);
+            }
+            **out = Some(labels);
+            Ok(())
+        })?;
+    }
+    Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+}
+
 /// Lloyd iterations of every restart in lockstep, then the final assignment of those that stopped
 /// on the tolerance (one more shared pass).
 fn lloyd(
@@ -306,17 +522,14 @@ fn lloyd(
     tol: f64,
     runs: &mut [Restart],
 ) -> Result<(), ClusterError> {
-    let n = x.rows();
     for it in 1..=cfg.max_iter {
         let mut active: Vec<&mut Restart> = runs.iter_mut().filter(|r| r.phase == Phase::Running).collect();
         if active.is_empty() {
             break;
         }
-        let centers: Vec<&[f32]> = active.iter().map(|r| r.centers.as_slice()).collect();
-        let costs = batched_costs(x, norms, cfg.k, &centers);
-        active.par_iter_mut().zip(costs).try_for_each(|(run, costs)| -> Result<(), ClusterError> {
+        let labels = assign_all(x, norms, cfg, size_max, &mut active)?;
+        active.par_iter_mut().zip(labels).try_for_each(|(run, labels)| -> Result<(), ClusterError> {
             run.n_iter = it;
-            let labels = solve_assignment(&costs, n, cfg, size_max)?;
             let moved = run.relabel(x, labels);
             let new_centers = run.means();
             let shift: f64 = run
@@ -325,7 +538,8 @@ fn lloyd(
                 .zip(&new_centers)
                 .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
                 .sum();
-            run.centers = new_centers;
+            let old = std::mem::replace(&mut run.centers, new_centers);
+            run.drift_bounds(&old);
             // No row moved: the centres are the means of labels that are already the assignment
             // to them, a fixed point. Otherwise a small shift ends the run but leaves the labels
             // one update behind.
@@ -343,10 +557,8 @@ fn lloyd(
     if pending.is_empty() {
         return Ok(());
     }
-    let centers: Vec<&[f32]> = pending.iter().map(|r| r.centers.as_slice()).collect();
-    let costs = batched_costs(x, norms, cfg.k, &centers);
-    pending.par_iter_mut().zip(costs).try_for_each(|(run, costs)| -> Result<(), ClusterError> {
-        let labels = solve_assignment(&costs, n, cfg, size_max)?;
+    let labels = assign_all(x, norms, cfg, size_max, &mut pending)?;
+    pending.par_iter_mut().zip(labels).try_for_each(|(run, labels)| -> Result<(), ClusterError> {
         run.relabel(x, labels);
         run.centers = run.means();
         run.phase = Phase::Done;
@@ -506,6 +718,9 @@ fn seed_restarts(x: RowMatrix<'_>, norms: &[f64], cfg: &KMeansConfig) -> Vec<Res
                 counts: vec![0; k],
                 n_iter: 0,
                 phase: Phase::Running,
+                dist_lo: Vec::new(),
+                dist_hi: Vec::new(),
+                rows_computed: 0,
             }
         })
         .collect()
@@ -552,5 +767,82 @@ mod tests {
         assert_eq!(got.labels, want.labels);
         let distinct = all.iter().map(|c| c.inertia.to_bits()).collect::<std::collections::BTreeSet<_>>();
         assert!(distinct.len() > 1, "every restart reached the same optimum: nothing was ranked");
+    }
+
+    /// Rows near a few directions plus noise, at LLM weight scale (slow, boundary-heavy runs).
+    fn low_rank_rows(seed: u64, n: usize, d: usize, offset: f32) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let rank = 3;
+        let v: Vec<f32> = (0..rank * d).map(|_| rng.random::<f32>() - 0.5).collect();
+        let mut out = Vec::with_capacity(n * d);
+        for _ in 0..n {
+            let u: Vec<f32> = (0..rank).map(|_| rng.random::<f32>() - 0.5).collect();
+            for p in 0..d {
+                let signal: f32 = (0..rank).map(|t| u[t] * v[t * d + p]).sum();
+                out.push(offset + 0.04 * signal + 0.01 * (rng.random::<f32>() - 0.5));
+            }
+        }
+        out
+    }
+
+    /// Runs Lloyd for every restart and returns them (private state included).
+    fn run_restarts(x: RowMatrix<'_>, cfg: &KMeansConfig) -> Vec<Restart> {
+        let norms = row_sq_norms(x);
+        let tol = cfg.tol * mean_column_variance(x);
+        let mut runs = seed_restarts(x, &norms, cfg);
+        lloyd(x, &norms, cfg, cfg.size_max.unwrap_or(x.rows()), tol, &mut runs).unwrap();
+        runs
+    }
+
+    #[test]
+    fn pruned_passes_give_bit_identical_restarts_with_fewer_distances() {
+        // Binding minimum sizes (the flow moves rows, fetching exact costs lazily), a maximum,
+        // a large common offset (cancellation in the distances, wide rounding margins), several
+        // restarts: every restart's labels, centres, iterations and sums must be those of the
+        // unpruned run, bit for bit, while computing fewer rows' distances.
+        let cases = [
+            (1, 700, 48, 4, 150, None, 0.0f32),
+            (2, 900, 96, 4, 200, Some(260), 0.0),
+            (3, 640, 40, 3, 200, None, 3.0),
+            (4, 500, 300, 2, 240, None, 0.0),
+        ];
+        for (seed, n, d, k, size_min, size_max, offset) in cases {
+            let data = low_rank_rows(seed, n, d, offset);
+            let x = RowMatrix::new(&data, n, d).unwrap();
+            let mut cfg = KMeansConfig::new(k, size_min);
+            cfg.size_max = size_max;
+            cfg.n_init = 3;
+            cfg.seed = seed;
+            cfg.tol = 1e-7;
+            cfg.pruning = Pruning::Off;
+            let full = run_restarts(x, &cfg);
+            cfg.pruning = Pruning::Bounds;
+            let pruned = run_restarts(x, &cfg);
+            let (mut computed_full, mut computed_pruned) = (0, 0);
+            for (a, b) in full.iter().zip(&pruned) {
+                assert_eq!(a.labels, b.labels, "case {seed}: labels");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a.centers), bits(&b.centers), "case {seed}: centres");
+                assert_eq!(a.n_iter, b.n_iter, "case {seed}: iterations");
+                assert_eq!(a.counts, b.counts, "case {seed}: sizes");
+                assert!(a.counts.iter().all(|&c| c >= size_min && size_max.is_none_or(|m| c <= m)));
+                computed_full += a.rows_computed;
+                computed_pruned += b.rows_computed;
+            }
+            // With a common offset the dot products' rounding margin (which grows with the norms)
+            // exceeds the gaps between clusters: every row stays open, correctly.
+            if offset == 0.0 {
+                assert!(
+                    2 * computed_pruned < computed_full,
+                    "case {seed}: the bounds skipped little ({computed_pruned} of {computed_full} rows)"
+                );
+            }
+            let off = KMeansConfig { pruning: Pruning::Off, ..cfg.clone() };
+            assert_eq!(
+                constrained_kmeans(x, &off).unwrap(),
+                constrained_kmeans(x, &cfg).unwrap(),
+                "case {seed}"
+            );
+        }
     }
 }

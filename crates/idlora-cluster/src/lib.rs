@@ -36,7 +36,7 @@ mod matrix;
 pub mod select;
 
 pub use error::ClusterError;
-pub use kmeans::{AssignmentSolver, Clustering, KMeansConfig, constrained_kmeans};
+pub use kmeans::{AssignmentSolver, Clustering, KMeansConfig, Pruning, constrained_kmeans};
 pub use matrix::RowMatrix;
 pub use select::{IndexSets, Selector, select_nearest, select_random, select_serial};
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,7 @@ impl PmrcConfig {
             tol: self.tol,
             seed: self.seed,
             solver: self.solver,
+            pruning: kmeans::Pruning::Bounds,
         }
     }
 }
