@@ -322,10 +322,12 @@ impl Restart {
         }
         let k = self.counts.len();
         let d = old.len() / k.max(1);
+        // The f64 sum of `d` squares is off by at most about `d / 8 * 2^-53` relatively (eight
+        // partial sums); `1e-10` covers that for any width up to millions of columns.
         let moved: Vec<f64> = (0..k)
             .map(|j| {
                 let (a, b) = (&old[j * d..(j + 1) * d], &self.centers[j * d..(j + 1) * d]);
-                sq_dist_exact(a, b).sqrt() * (1.0 + 1e-12) + f64::MIN_POSITIVE
+                sq_dist_exact(a, b).sqrt() * (1.0 + 1e-10) + f64::MIN_POSITIVE
             })
             .collect();
         let rows = self.dist_lo.par_chunks_mut(k).zip(self.dist_hi.par_chunks_mut(k));
