@@ -109,6 +109,8 @@ pub(crate) struct Prepared<'a> {
     m: usize,
     d: usize,
     norms: Vec<f64>,
+    /// `||c_j||`.
+    roots: Vec<f64>,
     packed: Option<Centres>,
     /// `gamma`: the dot products' rounding error is at most `gamma sum_p |x_p c_p|`.
     gamma: f64,
@@ -132,7 +134,8 @@ impl<'a> Prepared<'a> {
             None => 2 * d + 16,
         };
         let gamma = 1.01 * steps as f64 * U32;
-        Self { centers, m, d, norms, packed, gamma }
+        let roots = norms.iter().map(|v| v.sqrt()).collect();
+        Self { centers, m, d, norms, roots, packed, gamma }
     }
 
     /// Number of centres.
@@ -140,13 +143,15 @@ impl<'a> Prepared<'a> {
         self.m
     }
 
-    /// A bound on `|computed - exact|` for the entry of a row of squared norm `x_norm` and centre
-    /// `j`, where `exact` is `||x - c_j||^2` in real arithmetic (the clamp at zero only moves a
-    /// computed value towards it). The dot product's error is at most `gamma ||x|| ||c_j||`
-    /// (Cauchy-Schwarz); the `f64` norms and the assembly add a few `f64` roundings of the
-    /// magnitudes involved.
-    pub(crate) fn error_bound(&self, x_norm: f64, j: usize) -> f64 {
-        let cross = (x_norm * self.norms[j]).sqrt();
+    /// A bound on `|computed - exact|` for the entry of a row of squared norm `x_norm` (and norm
+    /// `x_root`, its square root) and centre `j`, where `exact` is `||x - c_j||^2` in real
+    /// arithmetic (the clamp at zero only moves a computed value towards it). The dot product's
+    /// error is at most `gamma ||x|| ||c_j||` (Cauchy-Schwarz); the `f64` norms and the assembly
+    /// add a few `f64` roundings of the magnitudes involved. (The roots' own rounding is far
+    /// inside the final relative margin.)
+    #[inline]
+    pub(crate) fn error_bound(&self, x_norm: f64, x_root: f64, j: usize) -> f64 {
+        let cross = x_root * self.roots[j];
         let f64_part = ((self.d + 8) as f64 * U64) * (x_norm + self.norms[j] + 2.0 * cross);
         (2.0 * self.gamma * cross + f64_part) * (1.0 + 1e-9) + f64::MIN_POSITIVE
     }
@@ -353,7 +358,7 @@ mod tests {
                 for i in 0..n {
                     for j in 0..5 {
                         let want = sq_dist_exact(xm.row(i), &c[j * d..(j + 1) * d]);
-                        let bound = prepared.error_bound(norms[i], j);
+                        let bound = prepared.error_bound(norms[i], norms[i].sqrt(), j);
                         let err = (got[i * 5 + j] - want).abs();
                         assert!(
                             err <= bound,
