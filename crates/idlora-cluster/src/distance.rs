@@ -182,15 +182,16 @@ impl<'a> Prepared<'a> {
             let norms: Vec<f64> = rows.iter().map(|&i| x_norms[i as usize]).collect();
             let mut dots = vec![0.0f32; rows.len() * m];
             // The in-place kernel reads the listed rows where they lie; matrixmultiply wants them
-            // gathered.
-            if !self.packed.as_ref().is_some_and(|p| p.dots_rows(x.data(), rows, &mut dots)) {
+            // gathered into a contiguous block.
+            if self.packed.as_ref().is_some_and(|p| p.dots_rows(x.data(), rows, &mut dots)) {
+                self.assemble_block(&dots, &norms, out);
+            } else {
                 let mut a = Vec::with_capacity(rows.len() * d);
                 for &i in rows {
                     a.extend_from_slice(x.row(i as usize));
                 }
-                gemm_dots(&a, rows.len(), d, self.centers, m, &mut dots);
+                self.block(&a, &norms, out);
             }
-            self.assemble_block(&dots, &norms, out);
         });
         out
     }

@@ -353,9 +353,7 @@ pub(crate) fn solve<C: CostSource>(
             Some(best) => best,
             None => {
                 costs.resolve(i);
-                let (row, _) = costs.bounds(i);
-                // The first minimum: ties go to the lower cluster index.
-                (1..k).fold(0, |best, j| if row[j] < row[best] { j } else { best })
+                first_min(costs.bounds(i).0)
             }
         };
         labels.push(best as u32);
@@ -406,11 +404,16 @@ pub(crate) fn solve<C: CostSource>(
 /// prove one cluster strictly nearest; `None` where they do not.
 pub(crate) fn nearest_by_bounds<C: CostSource>(costs: &C, i: usize, k: usize) -> Option<usize> {
     if let Some(row) = costs.exact(i) {
-        return Some((1..k).fold(0, |best, j| if row[j] < row[best] { j } else { best }));
+        return Some(first_min(row));
     }
     let (lo, hi) = costs.bounds(i);
-    let best = (1..k).fold(0, |best, j| if hi[j] < hi[best] { j } else { best });
+    let best = first_min(hi);
     (0..k).all(|j| j == best || hi[best] < lo[j]).then_some(best)
+}
+
+/// Index of the first minimum: ties go to the lower cluster index.
+fn first_min(row: &[f64]) -> usize {
+    (1..row.len()).fold(0, |best, j| if row[j] < row[best] { j } else { best })
 }
 
 fn finish(costs: &[f64], k: usize, labels: Vec<u32>) -> Assignment {

@@ -6,8 +6,9 @@
 //! `(seed, restart)`, so results are bit-identical for a given seed whatever the number of threads.
 //!
 //! The restarts advance in lockstep: one pass over the data computes the distances from every row
-//! to the centres of *all* restarts still running (one product with `n_init * k` centres, compute-bound,
-//! where `n_init` separate passes with `k` columns each would be bound by memory bandwidth), and
+//! to the centres of *all* restarts still running (with pruning, below: all that need a full pass),
+//! as one product with `n_init * k` centres, compute-bound where `n_init` separate passes with `k`
+//! columns each would be bound by memory bandwidth; and
 //! the assignment solves then run in parallel, one per restart. The cluster sums are updated
 //! incrementally, from the rows that changed cluster only, so a late iteration that moves a few
 //! rows costs no second pass over the data. Each distance is independent of the other centres in
