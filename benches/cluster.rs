@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // a benchmark that fails may panic
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use idlora_cluster::distance::{DotKernel, row_sq_norms, sq_distances_with};
+use idlora_cluster::dots::Isa;
 use idlora_cluster::flow::assign;
 use idlora_cluster::lp::assign_lp;
 use idlora_cluster::{KMeansConfig, RowMatrix, constrained_kmeans};
@@ -60,7 +61,15 @@ fn distances(c: &mut Criterion) {
     // m = n_init * k centres: 4 (one restart), 12 (k-means++ trials), 40 (ten restarts).
     for m in [4usize, 12, 40] {
         let centers = data[..m * d].to_vec();
-        for (name, kernel) in [("auto", DotKernel::Auto), ("matrixmultiply", DotKernel::Gemm)] {
+        // An instruction set the CPU lacks is left out (it would time matrixmultiply again).
+        let here = |isa| idlora_cluster::dots::Centres::with_isa(&centers, m, d, Some(isa)).is_some();
+        let kernels = [
+            ("auto", DotKernel::Auto, true),
+            ("avx512", DotKernel::InPlace(Isa::Avx512), here(Isa::Avx512)),
+            ("avx2", DotKernel::InPlace(Isa::Avx2), here(Isa::Avx2)),
+            ("matrixmultiply", DotKernel::Gemm, true),
+        ];
+        for (name, kernel, _) in kernels.into_iter().filter(|k| k.2) {
             g.bench_with_input(BenchmarkId::new(format!("4096x4096-{name}"), m), &m, |b, _| {
                 b.iter(|| sq_distances_with(x, &norms, &centers, kernel))
             });

@@ -14,11 +14,8 @@
 //!   head) is split by its columns: output column `j` is the dot product of `x`'s rows with
 //!   contiguous column `j`.
 //!
-//! x86-64 with AVX-512F only; elsewhere [`few_rows`] says so and the caller uses gemm.
-
-/// Rows of `x` handled per pass over the weight (4 rows x 4 weight rows of broadcasts fit the
-/// registers next to the loads).
-const ROWS: usize = 4;
+//! x86-64 with AVX-512F, or AVX2 with FMA (one kernel body over either instruction set's
+//! vectors, see `stream_kernels`); elsewhere [`few_rows`] says so and the caller uses gemm.
 
 /// How the weight `w: [k, n]` is laid out in its slice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,10 +26,42 @@ pub(crate) enum Layout {
     ColMajor { ld: usize },
 }
 
+/// The instruction set the kernels run on here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+}
+
+/// The widest instruction set this CPU has for the kernels (detected at run time).
+fn isa() -> Option<Isa> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Some(Isa::Avx512);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Some(Isa::Avx2);
+        }
+    }
+    None
+}
+
+/// Whether the CPU has `isa`.
+#[cfg(test)]
+fn supported(isa: Isa) -> bool {
+    match isa {
+        Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+        Isa::Avx2 => {
+            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        }
+    }
+}
+
 /// `out[m, n] = x[m, k] w[k, n]` with `x` and `out` contiguous row-major.
 ///
-/// Returns `false`, touching nothing, when the CPU lacks AVX-512F or a slice is too short for
-/// the shapes; the caller then takes another path.
+/// Returns `false`, touching nothing, when the CPU has neither AVX-512F nor AVX2 with FMA, or a
+/// slice is too short for the shapes; the caller then takes another path.
 pub(crate) fn few_rows(
     (m, k, n): (usize, usize, usize),
     x: &[f32],
@@ -41,36 +70,43 @@ pub(crate) fn few_rows(
     out: &mut [f32],
     threads: usize,
 ) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if !std::arch::is_x86_feature_detected!("avx512f") || !in_bounds((m, k, n), x, w, layout, out) {
-            return false;
-        }
-        if m == 0 || n == 0 {
-            return true;
-        }
-        let threads = threads.max(1);
-        match layout {
-            Layout::RowMajor { ld } => by_rows((m, k, n), x, w, ld, out, threads),
-            Layout::ColMajor { ld } => by_columns((m, k, n), x, w, ld, out, threads),
-        }
-        true
+    isa().is_some_and(|isa| few_rows_on(isa, (m, k, n), x, w, layout, out, threads))
+}
+
+/// [`few_rows`] on a given instruction set, which the caller knows the CPU has.
+fn few_rows_on(
+    isa: Isa,
+    (m, k, n): (usize, usize, usize),
+    x: &[f32],
+    w: &[f32],
+    layout: Layout,
+    out: &mut [f32],
+    threads: usize,
+) -> bool {
+    if !in_bounds((m, k, n), x, w, layout, out) {
+        return false;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = ((m, k, n), x, w, layout, out, threads);
-        false
+    if m == 0 || n == 0 {
+        return true;
     }
+    let threads = threads.max(1);
+    match layout {
+        Layout::RowMajor { ld } => by_rows(isa, (m, k, n), x, w, ld, out, threads),
+        Layout::ColMajor { ld } => by_columns(isa, (m, k, n), x, w, ld, out, threads),
+    }
+    true
 }
 
 /// `out[c] = <x, wt[c d .. (c + 1) d]>` for `d = x.len()` and every `c < out.len()` (a row of
 /// `x` against a few weight rows, e.g. a router's; `wt` must hold `out.len() d`).
 pub(crate) fn dots(x: &[f32], wt: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is present.
-        unsafe { dots_avx512(x, wt, out) };
-        return;
+    match isa() {
+        // SAFETY: the instruction set was detected.
+        Some(Isa::Avx512) => return unsafe { dots_avx512(x, wt, out) },
+        // SAFETY: as above.
+        Some(Isa::Avx2) => return unsafe { dots_avx2(x, wt, out) },
+        None => {}
     }
     dots_portable(x, wt, out);
 }
@@ -78,6 +114,12 @@ pub(crate) fn dots(x: &[f32], wt: &[f32], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dots_avx512(x: &[f32], wt: &[f32], out: &mut [f32]) {
+    dots_portable(x, wt, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(x: &[f32], wt: &[f32], out: &mut [f32]) {
     dots_portable(x, wt, out);
 }
 
@@ -116,8 +158,8 @@ fn in_bounds((m, k, n): (usize, usize, usize), x: &[f32], w: &[f32], layout: Lay
 }
 
 /// Row-major weight: thread `t` sums rows `p` of its range; the partial products are added.
-#[cfg(target_arch = "x86_64")]
 fn by_rows(
+    isa: Isa,
     (m, k, n): (usize, usize, usize),
     x: &[f32],
     w: &[f32],
@@ -130,9 +172,18 @@ fn by_rows(
     let per = k.div_ceil(parts);
     let run = |t: usize, dst: &mut [f32]| {
         let (p0, p1) = (t * per, ((t + 1) * per).min(k));
-        // SAFETY: AVX-512F is present and the bounds were checked by `few_rows`; rows p0 .. p1 of
-        // `w` and columns p0 .. p1 of `x` lie inside their slices, `dst` holds m x n.
-        unsafe { avx512::rows_into(m, k, n, x, w, ld, p0, p1, dst) }
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the instruction set was detected and the bounds were checked by
+            // `few_rows`; rows p0 .. p1 of `w` and columns p0 .. p1 of `x` lie inside their
+            // slices, `dst` holds m x n.
+            Isa::Avx512 => unsafe { avx512::rows_into(m, k, n, x, w, ld, p0, p1, dst) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { avx2::rows_into(m, k, n, x, w, ld, p0, p1, dst) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("no instruction set is detected off x86-64"),
+        }
     };
     let first = &mut out[..m * n];
     if parts == 1 {
@@ -155,8 +206,8 @@ fn by_rows(
 }
 
 /// Column-major weight: thread `t` computes a contiguous range of output columns.
-#[cfg(target_arch = "x86_64")]
 fn by_columns(
+    isa: Isa,
     (m, k, n): (usize, usize, usize),
     x: &[f32],
     w: &[f32],
@@ -169,10 +220,19 @@ fn by_columns(
     let op = out.as_mut_ptr() as usize;
     let run = |t: usize| {
         let (j0, j1) = (t * per, ((t + 1) * per).min(n));
-        // SAFETY: AVX-512F is present and the bounds were checked by `few_rows`; block `t`
-        // writes columns j0 .. j1 of `out` (m x n, row-major) only, disjoint from every other
-        // block's, and `out` outlives the parallel loop.
-        unsafe { avx512::columns_into(m, k, n, x, w, ld, j0, j1, op as *mut f32) }
+        let out = op as *mut f32;
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the instruction set was detected and the bounds were checked by
+            // `few_rows`; block `t` writes columns j0 .. j1 of `out` (m x n, row-major) only,
+            // disjoint from every other block's, and `out` outlives the parallel loop.
+            Isa::Avx512 => unsafe { avx512::columns_into(m, k, n, x, w, ld, j0, j1, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { avx2::columns_into(m, k, n, x, w, ld, j0, j1, out) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("no instruction set is detected off x86-64 ({out:?})"),
+        }
     };
     let blocks = n.div_ceil(per);
     if blocks == 1 {
@@ -182,169 +242,381 @@ fn by_columns(
     }
 }
 
+/// The kernels' bodies, written once over an instruction set's vectors: the invoking module
+/// defines `V` (`LANES` floats), `Mask`, `ROWS` (rows of `x` per pass over a weight block in
+/// `rows_into`: `ROWS x 4` broadcasts, four weight vectors and an output vector must fit the
+/// registers), `COL_ROWS` (rows per column pass in `columns_into`) and the operations `mask(n)`
+/// (the first `min(n, LANES)` lanes), `zero`, `splat`, `load` / `store` (full vectors),
+/// `load_part` / `store_part` (masked), `fmadd`, `add` and `reduce`; `$feature` is the
+/// `target_feature` they need. Full vectors take plain loads and stores and only the last
+/// vector of a row is masked: AMD's masked stores are microcoded, far slower than plain ones.
+#[cfg(target_arch = "x86_64")]
+macro_rules! stream_kernels {
+    ($feature:literal) => {
+        /// `dst[i, :] = sum_{p0 <= p < p1} x[i, p] w[p, :]` for all `m` rows.
+        ///
+        /// # Safety
+        /// The module's instruction set; `x` holds `m x k`, `w` rows `p0 .. p1` of `n` at stride
+        /// `ld`, `dst` `m x n`.
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn rows_into(
+            m: usize,
+            k: usize,
+            n: usize,
+            x: &[f32],
+            w: &[f32],
+            ld: usize,
+            p0: usize,
+            p1: usize,
+            dst: &mut [f32],
+        ) {
+            dst[..m * n].fill(0.0);
+            let mut i0 = 0;
+            while i0 < m {
+                let rows = ROWS.min(m - i0);
+                // SAFETY: rows i0 .. i0 + rows < m of `x` and `dst`, weight rows p0 .. p1.
+                unsafe {
+                    match rows {
+                        1 => rows_block::<1>(k, n, x, w, ld, p0, p1, dst, i0),
+                        2 => rows_block::<2>(k, n, x, w, ld, p0, p1, dst, i0),
+                        3 if ROWS > 2 => rows_block::<3>(k, n, x, w, ld, p0, p1, dst, i0),
+                        _ if ROWS > 2 => rows_block::<4>(k, n, x, w, ld, p0, p1, dst, i0),
+                        _ => unreachable!("blocks are at most {ROWS} rows"),
+                    }
+                }
+                i0 += rows;
+            }
+        }
+
+        /// `R` rows of `x` from row `i0`: four weight rows per step, each loaded once for all
+        /// `R`.
+        ///
+        /// # Safety
+        /// As [`rows_into`], for rows `i0 .. i0 + R`.
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn rows_block<const R: usize>(
+            k: usize,
+            n: usize,
+            x: &[f32],
+            w: &[f32],
+            ld: usize,
+            p0: usize,
+            p1: usize,
+            dst: &mut [f32],
+            i0: usize,
+        ) {
+            let (xp, wp, dp) = (x.as_ptr(), w.as_ptr(), dst.as_mut_ptr());
+            let full = n / LANES * LANES;
+            let tail = mask(n - full);
+            let mut p = p0;
+            // SAFETY (pointer arithmetic): rows i0 + i < m of x (k each) and dst (n each), weight
+            // rows p .. p + 4 <= p1, columns below n (the last vector masked).
+            unsafe {
+                while p + 4 <= p1 {
+                    let mut b = [[zero(); 4]; R];
+                    for (i, bi) in b.iter_mut().enumerate() {
+                        let xr = xp.add((i0 + i) * k + p);
+                        for (q, v) in bi.iter_mut().enumerate() {
+                            *v = splat(*xr.add(q));
+                        }
+                    }
+                    let w0 = wp.add(p * ld);
+                    let (w1, w2, w3) = (w0.add(ld), w0.add(2 * ld), w0.add(3 * ld));
+                    let mut off = 0;
+                    while off < full {
+                        let (a0, a1, a2, a3) =
+                            (load(w0.add(off)), load(w1.add(off)), load(w2.add(off)), load(w3.add(off)));
+                        for (i, bi) in b.iter().enumerate() {
+                            let d = dp.add((i0 + i) * n + off);
+                            let o = fmadd(
+                                bi[3],
+                                a3,
+                                fmadd(bi[2], a2, fmadd(bi[1], a1, fmadd(bi[0], a0, load(d)))),
+                            );
+                            store(d, o);
+                        }
+                        off += LANES;
+                    }
+                    if off < n {
+                        let a0 = load_part(w0.add(off), tail);
+                        let (a1, a2, a3) = (
+                            load_part(w1.add(off), tail),
+                            load_part(w2.add(off), tail),
+                            load_part(w3.add(off), tail),
+                        );
+                        for (i, bi) in b.iter().enumerate() {
+                            let d = dp.add((i0 + i) * n + off);
+                            let o = load_part(d, tail);
+                            let o = fmadd(bi[3], a3, fmadd(bi[2], a2, fmadd(bi[1], a1, fmadd(bi[0], a0, o))));
+                            store_part(d, tail, o);
+                        }
+                    }
+                    p += 4;
+                }
+                while p < p1 {
+                    let wr = wp.add(p * ld);
+                    for i in 0..R {
+                        let a = splat(*xp.add((i0 + i) * k + p));
+                        let d = dp.add((i0 + i) * n);
+                        let mut off = 0;
+                        while off < full {
+                            store(d.add(off), fmadd(a, load(wr.add(off)), load(d.add(off))));
+                            off += LANES;
+                        }
+                        if off < n {
+                            let o = fmadd(a, load_part(wr.add(off), tail), load_part(d.add(off), tail));
+                            store_part(d.add(off), tail, o);
+                        }
+                    }
+                    p += 1;
+                }
+            }
+        }
+
+        /// `out[i, j] = <x[i, :], w[:, j]>` for columns `j0 .. j1`, column `j` contiguous at
+        /// `j ld`.
+        ///
+        /// # Safety
+        /// The module's instruction set; `x` holds `m x k`, `w` columns `j0 .. j1` of `k` at
+        /// stride `ld`, `out` is `m x n` row-major and nobody else touches its columns
+        /// `j0 .. j1` meanwhile.
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn columns_into(
+            m: usize,
+            k: usize,
+            n: usize,
+            x: &[f32],
+            w: &[f32],
+            ld: usize,
+            j0: usize,
+            j1: usize,
+            out: *mut f32,
+        ) {
+            let (xp, wp) = (x.as_ptr(), w.as_ptr());
+            let step = 2 * LANES;
+            let full = k / step * step;
+            // SAFETY: column j < j1 <= n of w (k elements from j ld), rows i < m of x and out.
+            unsafe {
+                for j in j0..j1 {
+                    let col = wp.add(j * ld);
+                    let mut i0 = 0;
+                    while i0 < m {
+                        let rows = COL_ROWS.min(m - i0);
+                        let mut acc = [[zero(); 2]; COL_ROWS];
+                        let mut p = 0;
+                        // Two vectors per step (two chains per row hide the FMA latency).
+                        while p < full {
+                            let (c0, c1) = (load(col.add(p)), load(col.add(p + LANES)));
+                            for (i, a) in acc.iter_mut().enumerate().take(rows) {
+                                let xr = xp.add((i0 + i) * k + p);
+                                a[0] = fmadd(load(xr), c0, a[0]);
+                                a[1] = fmadd(load(xr.add(LANES)), c1, a[1]);
+                            }
+                            p += step;
+                        }
+                        while p < k {
+                            let mk = mask(k - p);
+                            let c0 = load_part(col.add(p), mk);
+                            for (i, a) in acc.iter_mut().enumerate().take(rows) {
+                                a[0] = fmadd(load_part(xp.add((i0 + i) * k + p), mk), c0, a[0]);
+                            }
+                            p += LANES;
+                        }
+                        for (i, a) in acc.iter().enumerate().take(rows) {
+                            *out.add((i0 + i) * n + j) = reduce(add(a[0], a[1]));
+                        }
+                        i0 += rows;
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// AVX-512F: 16 lanes, 32 registers (4 rows x 4 broadcasts in `rows_into`).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::ROWS;
+    type V = __m512;
+    type Mask = __mmask16;
+    const LANES: usize = 16;
+    const ROWS: usize = 4;
+    const COL_ROWS: usize = 4;
 
-    /// Lane mask of the first `n` (<= 16) lanes.
-    fn mask(n: usize) -> __mmask16 {
-        if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as __mmask16 }
+    stream_kernels!("avx512f");
+
+    /// The first `n` lanes (all of them from 16 on).
+    fn mask(n: usize) -> Mask {
+        if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as Mask }
     }
 
-    /// `dst[i, :] = sum_{p0 <= p < p1} x[i, p] w[p, :]` for all `m` rows.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn zero() -> V {
+        _mm512_setzero_ps()
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn splat(v: f32) -> V {
+        _mm512_set1_ps(v)
+    }
+
+    /// A full vector. Masked with every lane set, the same instruction as a plain load, but one
+    /// the dev profile compiles without routing it through the stack for debug UB checks.
     ///
     /// # Safety
-    /// AVX-512F; `x` holds `m x k`, `w` rows `p0 .. p1` of `n` at stride `ld`, `dst` `m x n`.
+    /// 16 floats readable at `p`.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn rows_into(
-        m: usize,
-        k: usize,
-        n: usize,
-        x: &[f32],
-        w: &[f32],
-        ld: usize,
-        p0: usize,
-        p1: usize,
-        dst: &mut [f32],
-    ) {
-        dst[..m * n].fill(0.0);
-        let mut i0 = 0;
-        while i0 < m {
-            let rows = ROWS.min(m - i0);
-            // SAFETY: rows i0 .. i0 + rows < m of `x` and `dst`, weight rows p0 .. p1.
-            unsafe {
-                match rows {
-                    1 => rows_block::<1>(k, n, x, w, ld, p0, p1, dst, i0),
-                    2 => rows_block::<2>(k, n, x, w, ld, p0, p1, dst, i0),
-                    3 => rows_block::<3>(k, n, x, w, ld, p0, p1, dst, i0),
-                    _ => rows_block::<4>(k, n, x, w, ld, p0, p1, dst, i0),
-                }
-            }
-            i0 += rows;
-        }
+    #[inline]
+    unsafe fn load(p: *const f32) -> V {
+        // SAFETY: as the caller vouches.
+        unsafe { _mm512_maskz_loadu_ps(!0, p) }
     }
 
-    /// `R` rows of `x` from row `i0`: four weight rows per step, each loaded once for all `R`.
+    /// # Safety
+    /// 16 floats writable at `p`.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn rows_block<const R: usize>(
-        k: usize,
-        n: usize,
-        x: &[f32],
-        w: &[f32],
-        ld: usize,
-        p0: usize,
-        p1: usize,
-        dst: &mut [f32],
-        i0: usize,
-    ) {
-        let (xp, wp, dp) = (x.as_ptr(), w.as_ptr(), dst.as_mut_ptr());
-        let tail = mask(n % 16);
-        let full = n / 16;
-        let mut p = p0;
-        // SAFETY (pointer arithmetic): rows i0 + i < m of x (k each) and dst (n each), weight
-        // rows p .. p + 4 <= p1, columns below n (the last vector masked).
-        unsafe {
-            while p + 4 <= p1 {
-                let mut b = [[_mm512_setzero_ps(); 4]; R];
-                for (i, bi) in b.iter_mut().enumerate() {
-                    let xr = xp.add((i0 + i) * k + p);
-                    for (q, v) in bi.iter_mut().enumerate() {
-                        *v = _mm512_set1_ps(*xr.add(q));
-                    }
-                }
-                let w0 = wp.add(p * ld);
-                let (w1, w2, w3) = (w0.add(ld), w0.add(2 * ld), w0.add(3 * ld));
-                let vectors = n.div_ceil(16);
-                let mut off = 0;
-                for v in 0..vectors {
-                    let mk = if v < full { 0xffff } else { tail };
-                    let a0 = _mm512_maskz_loadu_ps(mk, w0.add(off));
-                    let a1 = _mm512_maskz_loadu_ps(mk, w1.add(off));
-                    let a2 = _mm512_maskz_loadu_ps(mk, w2.add(off));
-                    let a3 = _mm512_maskz_loadu_ps(mk, w3.add(off));
-                    for (i, bi) in b.iter().enumerate() {
-                        let d = dp.add((i0 + i) * n + off);
-                        let mut o = _mm512_maskz_loadu_ps(mk, d);
-                        o = _mm512_fmadd_ps(bi[0], a0, o);
-                        o = _mm512_fmadd_ps(bi[1], a1, o);
-                        o = _mm512_fmadd_ps(bi[2], a2, o);
-                        o = _mm512_fmadd_ps(bi[3], a3, o);
-                        _mm512_mask_storeu_ps(d, mk, o);
-                    }
-                    off += 16;
-                }
-                p += 4;
-            }
-            while p < p1 {
-                let wr = wp.add(p * ld);
-                for i in 0..R {
-                    let a = _mm512_set1_ps(*xp.add((i0 + i) * k + p));
-                    let d = dp.add((i0 + i) * n);
-                    let mut off = 0;
-                    while off < n {
-                        let mk = mask(n - off);
-                        let o = _mm512_maskz_loadu_ps(mk, d.add(off));
-                        let o = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(mk, wr.add(off)), o);
-                        _mm512_mask_storeu_ps(d.add(off), mk, o);
-                        off += 16;
-                    }
-                }
-                p += 1;
-            }
-        }
+    #[inline]
+    unsafe fn store(p: *mut f32, v: V) {
+        // SAFETY: as the caller vouches.
+        unsafe { _mm512_mask_storeu_ps(p, !0, v) }
     }
 
-    /// `out[i, j] = <x[i, :], w[:, j]>` for columns `j0 .. j1`, column `j` contiguous at `j ld`.
+    /// # Safety
+    /// The lanes of `mk` readable at `p`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_part(p: *const f32, mk: Mask) -> V {
+        // SAFETY: masked-off lanes are not read.
+        unsafe { _mm512_maskz_loadu_ps(mk, p) }
+    }
+
+    /// # Safety
+    /// The lanes of `mk` writable at `p`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store_part(p: *mut f32, mk: Mask, v: V) {
+        // SAFETY: masked-off lanes are not written.
+        unsafe { _mm512_mask_storeu_ps(p, mk, v) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn fmadd(a: V, b: V, c: V) -> V {
+        _mm512_fmadd_ps(a, b, c)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn add(a: V, b: V) -> V {
+        _mm512_add_ps(a, b)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn reduce(v: V) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+}
+
+/// AVX2 with FMA: 8 lanes, 16 registers (2 rows x 4 broadcasts, four weight vectors and the
+/// output in `rows_into`).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    type V = __m256;
+    type Mask = __m256i;
+    const LANES: usize = 8;
+    const ROWS: usize = 2;
+    const COL_ROWS: usize = 4;
+
+    stream_kernels!("avx2,fma");
+
+    /// The first `n` lanes (all of them from 8 on): lane `i` is on where `i < n`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn mask(n: usize) -> Mask {
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn zero() -> V {
+        _mm256_setzero_ps()
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn splat(v: f32) -> V {
+        _mm256_set1_ps(v)
+    }
+
+    /// A full vector, as a masked load with every lane set: the compiler emits a plain load for
+    /// the constant mask, in the dev profile too (the plain intrinsic's debug UB checks route
+    /// every vector through the stack there).
     ///
     /// # Safety
-    /// AVX-512F; `x` holds `m x k`, `w` columns `j0 .. j1` of `k` at stride `ld`, `out` is
-    /// `m x n` row-major and nobody else touches its columns `j0 .. j1` meanwhile.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn columns_into(
-        m: usize,
-        k: usize,
-        n: usize,
-        x: &[f32],
-        w: &[f32],
-        ld: usize,
-        j0: usize,
-        j1: usize,
-        out: *mut f32,
-    ) {
-        let (xp, wp) = (x.as_ptr(), w.as_ptr());
-        // SAFETY: column j < j1 <= n of w (k elements from j ld), rows i < m of x and out.
-        unsafe {
-            for j in j0..j1 {
-                let col = wp.add(j * ld);
-                let mut i0 = 0;
-                while i0 < m {
-                    let rows = ROWS.min(m - i0);
-                    let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
-                    let mut p = 0;
-                    while p < k {
-                        // Two vectors per step (two chains per row hide the FMA latency).
-                        let (mk0, mk1) = (mask(k - p), mask(k.saturating_sub(p + 16)));
-                        let c0 = _mm512_maskz_loadu_ps(mk0, col.add(p));
-                        let c1 = _mm512_maskz_loadu_ps(mk1, col.add(p + 16));
-                        for (i, a) in acc.iter_mut().enumerate().take(rows) {
-                            let xr = xp.add((i0 + i) * k + p);
-                            a[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk0, xr), c0, a[0]);
-                            a[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk1, xr.add(16)), c1, a[1]);
-                        }
-                        p += 32;
-                    }
-                    for (i, a) in acc.iter().enumerate().take(rows) {
-                        *out.add((i0 + i) * n + j) = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
-                    }
-                    i0 += rows;
-                }
-            }
-        }
+    /// 8 floats readable at `p`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load(p: *const f32) -> V {
+        // SAFETY: as the caller vouches.
+        unsafe { _mm256_maskload_ps(p, _mm256_set1_epi32(-1)) }
+    }
+
+    /// A full vector, as [`load`] is (a plain store for the constant mask).
+    ///
+    /// # Safety
+    /// 8 floats writable at `p`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn store(p: *mut f32, v: V) {
+        // SAFETY: as the caller vouches.
+        unsafe { _mm256_maskstore_ps(p, _mm256_set1_epi32(-1), v) }
+    }
+
+    /// # Safety
+    /// The lanes of `mk` readable at `p`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_part(p: *const f32, mk: Mask) -> V {
+        // SAFETY: masked-off lanes are not read and do not fault.
+        unsafe { _mm256_maskload_ps(p, mk) }
+    }
+
+    /// # Safety
+    /// The lanes of `mk` writable at `p`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn store_part(p: *mut f32, mk: Mask, v: V) {
+        // SAFETY: masked-off lanes are not written.
+        unsafe { _mm256_maskstore_ps(p, mk, v) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn fmadd(a: V, b: V, c: V) -> V {
+        _mm256_fmadd_ps(a, b, c)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn add(a: V, b: V) -> V {
+        _mm256_add_ps(a, b)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn reduce(v: V) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s)))
     }
 }
 
@@ -366,10 +638,12 @@ mod tests {
 
     #[test]
     fn matches_the_definition_for_both_layouts() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            eprintln!("no AVX-512F: the streaming kernels are not used on this CPU");
+        let here: Vec<Isa> = [Isa::Avx512, Isa::Avx2].into_iter().filter(|&i| supported(i)).collect();
+        if here.is_empty() {
+            eprintln!("neither AVX-512F nor AVX2 with FMA: the streaming kernels are not used on this CPU");
             return;
         }
+        assert_eq!(isa(), here.first().copied(), "the widest instruction set is the one used");
         // Rows 1 ..= 8 (one and two passes), k below, at and above the 4-row step and one
         // vector, n with and without a vector tail, several threads.
         for &(m, k, n) in
@@ -393,15 +667,17 @@ mod tests {
                             (0..k).map(|p| f64::from(x[i * k + p]) * f64::from(rm[p * rm_ld + j])).sum()
                         })
                         .collect();
-                    for layout in [Layout::RowMajor { ld: rm_ld }, Layout::ColMajor { ld: cm_ld }] {
+                    for (&isa, layout) in here.iter().flat_map(|i| {
+                        [(i, Layout::RowMajor { ld: rm_ld }), (i, Layout::ColMajor { ld: cm_ld })]
+                    }) {
                         let w = if matches!(layout, Layout::RowMajor { .. }) { &rm } else { &cm };
                         let mut out = vec![f32::NAN; m * n];
-                        assert!(few_rows((m, k, n), &x, w, layout, &mut out, threads));
+                        assert!(few_rows_on(isa, (m, k, n), &x, w, layout, &mut out, threads));
                         for (idx, (&got, &expect)) in out.iter().zip(&want).enumerate() {
                             let tol = 1e-5 * (k as f64).sqrt();
                             assert!(
                                 (f64::from(got) - expect).abs() <= tol,
-                                "{layout:?} {m}x{k}x{n}, {threads} threads, at {idx}: {got} vs {expect}"
+                                "{isa:?} {layout:?} {m}x{k}x{n}, {threads} threads, at {idx}: {got} vs {expect}"
                             );
                         }
                     }

@@ -2,7 +2,7 @@
 //! `||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2`.
 //!
 //! The dot products run in `f32`, through [`crate::dots`]'s in-place kernel where the CPU has
-//! AVX-512F and `matrixmultiply`'s packed kernels elsewhere; the norms and the assembly run in
+//! AVX-512F or AVX2 with FMA, and `matrixmultiply`'s packed kernels elsewhere; the norms and the assembly run in
 //! `f64`. Rows are split into fixed chunks computed in parallel: each row's result
 //! depends only on that row, so the output is bit-identical whatever the number of threads.
 //!
@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use crate::RowMatrix;
-use crate::dots::Centres;
+use crate::dots::{Centres, Isa};
 
 /// Rows per parallel task.
 const CHUNK_ROWS: usize = 256;
@@ -62,9 +62,12 @@ pub fn sq_dist_exact(a: &[f32], b: &[f32]) -> f64 {
 /// Which kernel computes the dot products of [`sq_distances_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DotKernel {
-    /// [`crate::dots`] where the CPU has AVX-512F, else `matrixmultiply`.
+    /// [`crate::dots`] on the widest instruction set the CPU has, else `matrixmultiply`.
     #[default]
     Auto,
+    /// [`crate::dots`] on this instruction set where the CPU has it, else `matrixmultiply`
+    /// (to compare the kernels on one machine).
+    InPlace(Isa),
     /// `matrixmultiply`'s packed GEMM (every CPU).
     Gemm,
 }
@@ -121,16 +124,18 @@ impl<'a> Prepared<'a> {
         let m = centers.len() / d.max(1);
         let norms: Vec<f64> = centers.chunks_exact(d.max(1)).map(sq_norm).collect();
         let packed = match kernel {
-            DotKernel::Auto if crate::dots::available() => Centres::new(centers, m, d),
-            _ => None,
+            DotKernel::Auto => Centres::new(centers, m, d).filter(|c| c.isa().is_some()),
+            DotKernel::InPlace(isa) => Centres::with_isa(centers, m, d, Some(isa)),
+            DotKernel::Gemm => None,
         };
-        // The in-place kernel: one fused multiply-add chain per lane of 16 (full vectors, plus
-        // at most one masked vector per depth block), then a four-level horizontal sum.
+        // The in-place kernel: one fused multiply-add chain per lane of 16 or 8 (full vectors,
+        // plus at most one partial vector per depth block), then a horizontal sum of four or three
+        // levels.
         // matrixmultiply: at most one chain of the whole depth, possibly a multiply and an add
         // per step, plus its depth blocks' additions. Both bounds are the textbook
         // `|fl(sum) - sum| <= n u sum |terms|` (Higham, ch. 3) with room to spare.
         let steps = match packed {
-            Some(_) => d.div_ceil(16) + d.div_ceil(256) + 5,
+            Some(ref c) => d.div_ceil(c.isa().map_or(1, Isa::lanes)) + d.div_ceil(256) + 5,
             None => 2 * d + 16,
         };
         let gamma = 1.01 * steps as f64 * U32;
@@ -279,6 +284,10 @@ fn accumulate_row_f64_portable(acc: &mut [f64], row: &[f32], sign: f64) {
 mod tests {
     use super::*;
 
+    /// Every kernel; an instruction set this CPU lacks falls back to `matrixmultiply`.
+    const KERNELS: [DotKernel; 4] =
+        [DotKernel::Auto, DotKernel::InPlace(Isa::Avx512), DotKernel::InPlace(Isa::Avx2), DotKernel::Gemm];
+
     fn data(n: usize, d: usize, mult: usize, modulus: usize, scale: f32, shift: f32) -> Vec<f32> {
         (0..n * d).map(|i| ((i * mult) % modulus) as f32 / scale - shift).collect()
     }
@@ -286,7 +295,7 @@ mod tests {
     #[test]
     fn an_entry_does_not_depend_on_the_other_centres_in_the_call() {
         // Batched k-means restarts need this bit for bit (see the module docs), from either kernel.
-        for kernel in [DotKernel::Auto, DotKernel::Gemm] {
+        for kernel in KERNELS {
             for (n, d) in [(300, 37), (513, 1000), (260, 4096)] {
                 let x = data(n, d, 7919, 1000, 500.0, 1.0);
                 let xm = RowMatrix::new(&x, n, d).unwrap();
@@ -315,7 +324,7 @@ mod tests {
     fn listed_rows_and_single_rows_match_the_full_pass_bit_for_bit() {
         // Pruned k-means passes compute chosen rows, and the flow one row at a time: each entry
         // must be the one the full pass gives.
-        for kernel in [DotKernel::Auto, DotKernel::Gemm] {
+        for kernel in KERNELS {
             for (n, d, m) in [(300, 37, 4), (515, 1000, 7), (70, 4096, 12)] {
                 let x = data(n, d, 7919, 1000, 500.0, 1.0);
                 let xm = RowMatrix::new(&x, n, d).unwrap();
@@ -344,7 +353,7 @@ mod tests {
         // Against an exact f64 reference, at LLM weight scale and with a large common offset
         // (where `||x||^2 - 2 x.c + ||c||^2` cancels the most). The bound must hold for every
         // entry, and not be vacuous: well below the distances themselves at weight scale.
-        for kernel in [DotKernel::Auto, DotKernel::Gemm] {
+        for kernel in KERNELS {
             for (d, scale, offset) in [(4096, 0.02, 0.0), (1000, 1.0, 0.0), (257, 0.5, 20.0), (33, 1e-3, 0.0)]
             {
                 let n = 40;
@@ -381,7 +390,7 @@ mod tests {
         let c = data(m, d, 104729, 997, 400.0, 1.2);
         let xm = RowMatrix::new(&x, n, d).unwrap();
         let norms = row_sq_norms(xm);
-        for kernel in [DotKernel::Auto, DotKernel::Gemm] {
+        for kernel in KERNELS {
             let got = sq_distances_with(xm, &norms, &c, kernel);
             for i in 0..n {
                 for j in 0..m {
