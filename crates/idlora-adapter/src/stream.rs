@@ -35,26 +35,24 @@ enum Isa {
 
 /// The widest instruction set this CPU has for the kernels (detected at run time).
 fn isa() -> Option<Isa> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Some(Isa::Avx512);
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return Some(Isa::Avx2);
-        }
-    }
-    None
+    [Isa::Avx512, Isa::Avx2].into_iter().find(|&i| supported(i))
 }
 
 /// Whether the CPU has `isa`.
-#[cfg(test)]
 fn supported(isa: Isa) -> bool {
-    match isa {
-        Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-        Isa::Avx2 => {
-            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    #[cfg(target_arch = "x86_64")]
+    {
+        match isa {
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            }
         }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
     }
 }
 
