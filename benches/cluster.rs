@@ -6,10 +6,10 @@
 #![allow(clippy::unwrap_used)] // a benchmark that fails may panic
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use idlora_cluster::distance::{DotKernel, row_sq_norms, sq_distances_with};
-use idlora_cluster::dots::Isa;
 use idlora_cluster::flow::assign;
 use idlora_cluster::lp::assign_lp;
 use idlora_cluster::{KMeansConfig, RowMatrix, constrained_kmeans};
+use idlora_kernels::dots::Isa;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -62,7 +62,7 @@ fn distances(c: &mut Criterion) {
     for m in [4usize, 12, 40] {
         let centers = data[..m * d].to_vec();
         // An instruction set the CPU lacks is left out (it would time matrixmultiply again).
-        let here = |isa| idlora_cluster::dots::Centres::with_isa(&centers, m, d, Some(isa)).is_some();
+        let here = |isa| idlora_kernels::dots::Centres::with_isa(&centers, m, d, Some(isa)).is_some();
         let kernels = [
             ("auto", DotKernel::Auto, true),
             ("avx512", DotKernel::InPlace(Isa::Avx512), here(Isa::Avx512)),

@@ -1,4 +1,4 @@
-//! `cargo xtask bench products`: `idlora_adapter::product::matmul` against burn's own
+//! `cargo xtask bench products`: `idlora_kernels::product::matmul` against burn's own
 //! `Tensor::matmul` on the CPU backend, side by side, at the shapes a prompt and a training
 //! step multiply (SmolLM2-135M's projections and head at 128 tokens, LLaMA-3-8B's at 512).
 
@@ -37,7 +37,7 @@ const SHAPES: [(&str, usize, usize, usize); 9] = [
 /// Runs the benchmark.
 pub fn run(args: ProductArgs) -> Result<()> {
     use burn::tensor::{Device, Distribution, Tensor};
-    use idlora_adapter::product;
+    use idlora_kernels::product;
 
     let device = Device::flex();
     device.seed(0);

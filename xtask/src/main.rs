@@ -76,7 +76,7 @@ enum BenchCommand {
     Train(bench_train::TrainBenchArgs),
     /// Adapter overhead table from `cargo bench -p idlora-benches --bench adapter`'s estimates.
     AdapterTable(bench_adapter::TableArgs),
-    /// `idlora_adapter::product::matmul` against burn's `matmul` at prompt and training shapes.
+    /// `idlora_kernels::product::matmul` against burn's `matmul` at prompt and training shapes.
     Products(bench_products::ProductArgs),
 }
 

@@ -14,7 +14,7 @@ use crate::dropout;
 use crate::error::{AdapterError, Result};
 use crate::method::{BasisPath, DropoutSite, MethodConfig, MethodKind};
 use crate::params::idlora_b_shape;
-use crate::product::{self, add_product};
+use idlora_kernels::product::{self, add_product};
 
 /// PEFT's (and `nn.Linear`'s) initialiser for `A` and for routers: Kaiming-uniform with
 /// `a = sqrt(5)`, i.e. `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.

@@ -29,8 +29,6 @@ pub mod layer;
 pub mod method;
 pub mod params;
 pub mod peft;
-pub mod product;
-mod stream;
 
 pub use error::{AdapterError, Result};
 pub use layer::{AdaptedLinear, Adapter, Dora, HydraLora, IdLora, Lora, MoeLora};

@@ -1,7 +1,7 @@
 //! Squared Euclidean distances between rows and centres through dot products:
 //! `||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2`.
 //!
-//! The dot products run in `f32`, through [`crate::dots`]'s in-place kernel where the CPU has
+//! The dot products run in `f32`, through [`idlora_kernels::dots`]'s in-place kernel where the CPU has
 //! AVX-512F or AVX2 with FMA, and `matrixmultiply`'s packed kernels elsewhere; the norms and the assembly run in
 //! `f64`. Rows are split into fixed chunks computed in parallel: each row's result
 //! depends only on that row, so the output is bit-identical whatever the number of threads.
@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use crate::RowMatrix;
-use crate::dots::{Centres, Isa};
+use idlora_kernels::dots::{Centres, Isa};
 
 /// Rows per parallel task.
 const CHUNK_ROWS: usize = 256;
@@ -62,10 +62,10 @@ pub fn sq_dist_exact(a: &[f32], b: &[f32]) -> f64 {
 /// Which kernel computes the dot products of [`sq_distances_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DotKernel {
-    /// [`crate::dots`] on the widest instruction set the CPU has, else `matrixmultiply`.
+    /// [`idlora_kernels::dots`] on the widest instruction set the CPU has, else `matrixmultiply`.
     #[default]
     Auto,
-    /// [`crate::dots`] on this instruction set where the CPU has it, else `matrixmultiply`
+    /// [`idlora_kernels::dots`] on this instruction set where the CPU has it, else `matrixmultiply`
     /// (to compare the kernels on one machine).
     InPlace(Isa),
     /// `matrixmultiply`'s packed GEMM (every CPU).
@@ -253,31 +253,19 @@ fn gemm_dots(a: &[f32], rows: usize, d: usize, centers: &[f32], m: usize, dots: 
 }
 
 /// `acc += sign * row`, widening to `f64`: the update step's inner loop, with `sign` 1 to add a
-/// row to a cluster's sum and -1 to remove it (exact: negation does not round). AVX2 where
-/// available.
+/// row to a cluster's sum and -1 to remove it (exact: negation does not round). Compiled for
+/// the CPU's widest vector level ([`idlora_kernels::isa`]).
 pub fn accumulate_row_f64(acc: &mut [f64], row: &[f32], sign: f64) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports the feature the function is compiled for.
-            unsafe { accumulate_row_f64_avx2(acc, row, sign) };
-            return;
-        }
-    }
-    accumulate_row_f64_portable(acc, row, sign);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn accumulate_row_f64_avx2(acc: &mut [f64], row: &[f32], sign: f64) {
-    accumulate_row_f64_portable(acc, row, sign);
-}
-
-#[inline(always)]
-fn accumulate_row_f64_portable(acc: &mut [f64], row: &[f32], sign: f64) {
-    for (a, &v) in acc.iter_mut().zip(row) {
-        *a += sign * f64::from(v);
-    }
+    // Rust never contracts `a + s * v` into a fused multiply-add, so the vector code rounds as
+    // the scalar loop does, on any instruction set.
+    idlora_kernels::isa::vectorized(
+        #[inline(always)]
+        || {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += sign * f64::from(v);
+            }
+        },
+    )
 }
 
 #[cfg(test)]

@@ -27,7 +27,6 @@
 
 pub mod bases_file;
 pub mod distance;
-pub mod dots;
 mod error;
 pub mod flow;
 pub mod kmeans;

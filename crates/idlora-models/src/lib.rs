@@ -6,18 +6,14 @@
 //! tied or untied head. Every projection is an [`idlora_adapter::AdaptedLinear`].
 
 pub mod adapters;
-pub mod attention;
 pub mod config;
 pub mod error;
 #[cfg(feature = "flex")]
-mod flex_util;
 pub mod generate;
 pub mod load;
 pub mod model;
 pub mod rope;
-pub mod swiglu;
 pub mod tokenizer;
-pub mod vmath;
 
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};

@@ -11,7 +11,7 @@ use idlora_adapter::AdaptedLinear;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::rope;
-use crate::swiglu::swiglu;
+use idlora_kernels::swiglu::swiglu;
 
 /// RMSNorm: `x / sqrt(mean(x^2) + eps) * w`.
 #[derive(Module, Debug)]
@@ -262,13 +262,13 @@ impl CausalLm {
         // `product::matmul`: a decoding step's few rows spread the head's weights over the
         // threads (burn's matmul reads them on one core); more rows are burn's matmul.
         let out = match &self.lm_head {
-            Some(w) => idlora_adapter::product::matmul(h2, w.val()),
+            Some(w) => idlora_kernels::product::matmul(h2, w.val()),
             // Tied: h E^T, the embedding read through a transposed view (gemm takes any strides).
             // The output is row-major `[tokens, vocab]` as the loss and the callers read it; the
             // other order, `(E h^T)^T`, made every later reshape copy the whole transposed block
             // (at 1024 tokens: 200 MB, and 1.73 s against 1.44 s for the head's forward and
             // backward).
-            None => idlora_adapter::product::matmul(h2, self.embed_tokens.val().transpose()),
+            None => idlora_kernels::product::matmul(h2, self.embed_tokens.val().transpose()),
         };
         let v = out.dims()[1];
         out.reshape([b, s, v])
@@ -336,7 +336,7 @@ impl CausalLm {
         // Causal attention without a mask (training batches, prompts) on the CPU backend: the
         // fused operation of `crate::attention`, grouped heads read as they are. `None` elsewhere.
         let is_causal = mask.is_none() && s > 1;
-        let fused = if is_causal { crate::attention::causal(&q, &k, &v) } else { None };
+        let fused = if is_causal { idlora_kernels::causal_attention::causal(&q, &k, &v) } else { None };
         let out = fused.unwrap_or_else(|| {
             let t = k.dims()[2];
             let groups = h / kvh;

@@ -19,7 +19,7 @@ use burn::tensor::activation::silu;
 /// let device = Device::flex();
 /// let g = Tensor::<1>::from_floats([0.0, 1.0, -2.0], &device);
 /// let u = Tensor::<1>::from_floats([5.0, 2.0, 3.0], &device);
-/// let got = idlora_models::swiglu::swiglu(g, u).into_data().to_vec::<f32>().unwrap();
+/// let got = idlora_kernels::swiglu::swiglu(g, u).into_data().to_vec::<f32>().unwrap();
 /// let silu = |x: f32| x / (1.0 + (-x).exp());
 /// for (a, b) in got.iter().zip([0.0, silu(1.0) * 2.0, silu(-2.0) * 3.0]) {
 ///     assert!((a - b).abs() < 1e-6);
@@ -38,21 +38,16 @@ pub fn swiglu<const D: usize>(g: Tensor<D>, u: Tensor<D>) -> Tensor<D> {
 #[allow(clippy::result_large_err)] // the `Err` hands the caller's own two tensors back, once
 mod flex {
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::{
-        BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-    };
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::flex::FlexTensor;
     use burn::backend::tensor::FloatTensor;
-    use burn::backend::{
-        Autodiff, BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind, Flex,
-        GradientCheckpointingStrategy,
-    };
+    use burn::backend::{Autodiff, Flex};
     use burn::tensor::{Tensor, TensorData};
     use rayon::prelude::*;
 
-    use crate::flex_util::{owned, usable, values};
+    use crate::flex::{by_strategy, from_plain, from_tracked, owned, plain, tracked, usable, values};
     use crate::vmath::{self, sigmoid};
 
     /// Elements per parallel task: large enough that a task's `exp`s outweigh handing it out.
@@ -106,59 +101,35 @@ mod flex {
             return Err((g, u));
         }
         let (g, u) = (g.into_dispatch(), u.into_dispatch());
-        let back =
-            |g: DispatchTensor, u: DispatchTensor| Err((Tensor::from_dispatch(g), Tensor::from_dispatch(u)));
-        match (&g.kind, &u.kind, g.autodiff) {
-            // Inference: no graph, so the output may take `g`'s buffer.
-            (
-                DispatchTensorKind::Flex(BackendTensor::Float(gf)),
-                DispatchTensorKind::Flex(BackendTensor::Float(uf)),
-                DispatchAutodiffContext::Disabled,
-            ) if usable(gf) && usable(uf) && u.autodiff == DispatchAutodiffContext::Disabled => {
-                let (gf, uf) = (gf.clone(), uf.clone());
-                drop((g, u));
-                let mut out = owned(gf);
-                let n = out.layout().num_elements();
-                let uv = values(&uf);
-                out.storage_mut::<f32>()[..n]
-                    .par_chunks_mut(CHUNK)
-                    .zip(uv.par_chunks(CHUNK))
-                    .for_each(|(o, u)| gate_in_place(o, u));
-                Ok(Tensor::from_dispatch(DispatchTensor {
-                    kind: DispatchTensorKind::Flex(BackendTensor::Float(out)),
-                    autodiff: DispatchAutodiffContext::Disabled,
-                }))
-            }
-            (DispatchTensorKind::Autodiff(gi), DispatchTensorKind::Autodiff(ui), context)
-                if u.autodiff == context =>
-            {
-                let (
-                    DispatchTensorKind::Flex(BackendTensor::Autodiff(ga)),
-                    DispatchTensorKind::Flex(BackendTensor::Autodiff(ua)),
-                ) = (gi.as_ref(), ui.as_ref())
-                else {
-                    return back(g, u);
-                };
-                if !usable(ga.primitive()) || !usable(ua.primitive()) {
-                    return back(g, u);
-                }
-                let out = match context {
-                    DispatchAutodiffContext::Enabled(GradientCheckpointingStrategy::Disabled) => {
-                        run::<NoCheckpointing>(ga, ua)
-                    }
-                    DispatchAutodiffContext::Enabled(GradientCheckpointingStrategy::Balanced) => {
-                        run::<BalancedCheckpointing>(ga, ua)
-                    }
-                    DispatchAutodiffContext::Disabled => return back(g, u),
-                };
-                Ok(Tensor::from_dispatch(DispatchTensor {
-                    kind: DispatchTensorKind::Autodiff(Box::new(DispatchTensorKind::Flex(
-                        BackendTensor::Autodiff(out),
-                    ))),
-                    autodiff: context,
-                }))
-            }
-            _ => back(g, u),
+        let back = |g, u| Err((Tensor::from_dispatch(g), Tensor::from_dispatch(u)));
+        if g.autodiff != u.autodiff {
+            return back(g, u);
+        }
+        // Inference: no graph, so the output may take `g`'s buffer.
+        if let (Some(gf), Some(uf)) = (plain(&g), plain(&u))
+            && usable(gf)
+            && usable(uf)
+        {
+            let (gf, uf) = (gf.clone(), uf.clone());
+            drop((g, u));
+            let mut out = owned(gf);
+            let n = out.layout().num_elements();
+            let uv = values(&uf);
+            out.storage_mut::<f32>()[..n]
+                .par_chunks_mut(CHUNK)
+                .zip(uv.par_chunks(CHUNK))
+                .for_each(|(o, u)| gate_in_place(o, u));
+            return Ok(from_plain(out));
+        }
+        let (Some(ga), Some(ua)) = (tracked(&g), tracked(&u)) else {
+            return back(g, u);
+        };
+        if !usable(ga.primitive()) || !usable(ua.primitive()) {
+            return back(g, u);
+        }
+        match by_strategy!(g.autodiff, run(ga, ua)) {
+            Some(out) => Ok(from_tracked(out, g.autodiff)),
+            None => back(g, u),
         }
     }
 
@@ -216,7 +187,7 @@ mod tests {
     use burn::tensor::{Device, Distribution, Tensor};
 
     use super::swiglu;
-    use crate::flex_util::testing::{close_within, values};
+    use crate::flex::testing::{close_within, values};
 
     fn close(a: &[f32], b: &[f32], what: &str) {
         close_within(a, b, (1e-6, 1e-5), what);

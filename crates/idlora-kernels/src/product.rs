@@ -18,7 +18,7 @@
 //! columns across threads it still read only 10-12 GB/s on SmolLM2's 576-wide projections, each
 //! thread reading a short piece of every weight row (two threads here read 20 GB/s). On `flex`
 //! without autodiff, [`matmul`] hands a product of at most [`FEW_ROWS`] rows to the streaming
-//! kernels of `crate::stream` (AVX-512F), in which each thread reads one contiguous part of the
+//! kernels of [`crate::stream`] (AVX-512F), in which each thread reads one contiguous part of the
 //! weight: 15-19 GB/s on the same projections, decoding 1.16x faster (docs/bench-lm.md); gemm's
 //! per-block products remain the path on other CPUs. More rows go to gemm straight into a
 //! fresh vector, without the zero-filled, re-aligned copy of burn's own matmul output.
@@ -34,7 +34,7 @@ use burn::tensor::Tensor;
 /// let y = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device);
 /// let a = Tensor::<2>::from_floats([[1.0], [2.0]], &device);
 /// let b = Tensor::<2>::from_floats([[10.0, 100.0]], &device);
-/// let out = idlora_adapter::product::add_product(y, a, b);
+/// let out = idlora_kernels::product::add_product(y, a, b);
 /// out.into_data().assert_eq(&Tensor::<2>::from_floats([[11.0, 102.0], [23.0, 204.0]], &device).into_data(), true);
 /// ```
 pub fn add_product(y: Tensor<2>, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
@@ -60,7 +60,7 @@ pub const FEW_ROWS: usize = 8;
 /// let device = Device::flex();
 /// let x = Tensor::<2>::from_floats([[1.0, 2.0]], &device);
 /// let w = Tensor::<2>::from_floats([[1.0, 0.0, 3.0], [0.0, 1.0, 4.0]], &device);
-/// let y = idlora_adapter::product::matmul(x, w);
+/// let y = idlora_kernels::product::matmul(x, w);
 /// y.into_data().assert_eq(&Tensor::<2>::from_floats([[1.0, 2.0, 11.0]], &device).into_data(), true);
 /// ```
 pub fn matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
@@ -78,8 +78,8 @@ pub fn matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 }
 
 /// What [`idlora_lhs`] needs of an ID-LoRA layer besides its tensors.
-#[cfg(feature = "flex")]
-pub(crate) struct IdLoraLhs<'a> {
+#[derive(Debug, Clone, Copy)]
+pub struct IdLoraLhs<'a> {
     /// `S_1 .. S_k` flattened, cluster-major (`k r` output columns of the base layer).
     pub indices: &'a [i32],
     /// Clusters.
@@ -103,15 +103,22 @@ pub(crate) struct IdLoraLhs<'a> {
 /// on the base output and two broadcast multiplies, each with its own output buffer (measured
 /// at `4096 -> 14336`, r = 128, 512 tokens: 0.85 ms for the router product and 1.6 ms for the
 /// select, next to about 10 ms for the product with `B`).
-#[cfg(feature = "flex")]
-pub(crate) fn idlora_lhs(
+pub fn idlora_lhs(
     x: &Tensor<2>,
     y0: &Tensor<2>,
     router: &Tensor<2>,
     bias: Option<Tensor<2>>,
     spec: &IdLoraLhs<'_>,
 ) -> Option<Tensor<2>> {
-    flex::idlora_lhs(x, y0, router, bias, spec)
+    #[cfg(feature = "flex")]
+    {
+        flex::idlora_lhs(x, y0, router, bias, spec)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (x, y0, router, bias, spec);
+        None
+    }
 }
 
 // The `Err`s below hand the caller's own tensors back for the generic path; they live for one
@@ -120,29 +127,12 @@ pub(crate) fn idlora_lhs(
 #[allow(clippy::result_large_err)]
 mod flex {
     use burn::backend::flex::FlexTensor;
-    use burn::backend::{BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind};
-    use burn::tensor::{DType, Device, Tensor, TensorData};
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use crate::flex::{from_plain as from_flex, into_plain as into_flex};
 
     /// Below this many multiply-adds one thread does the product (burn-flex's own threshold).
     const PARALLEL_MACS: usize = 192 * 192 * 192;
-
-    /// The flex tensor inside `t`, or `t` back unchanged when it lives elsewhere.
-    fn into_flex(t: Tensor<2>) -> Result<FlexTensor, Tensor<2>> {
-        match t.into_dispatch() {
-            DispatchTensor {
-                kind: DispatchTensorKind::Flex(BackendTensor::Float(f)),
-                autodiff: DispatchAutodiffContext::Disabled,
-            } if f.dtype() == DType::F32 => Ok(f),
-            other => Err(Tensor::from_dispatch(other)),
-        }
-    }
-
-    fn from_flex(t: FlexTensor) -> Tensor<2> {
-        Tensor::from_dispatch(DispatchTensor {
-            kind: DispatchTensorKind::Flex(BackendTensor::Float(t)),
-            autodiff: DispatchAutodiffContext::Disabled,
-        })
-    }
 
     /// The flex tensors inside two read-only operands, converted from clones (a reference-count
     /// increment each) so that the originals can go back untouched when a fast path does not

@@ -26,35 +26,7 @@ pub(crate) enum Layout {
     ColMajor { ld: usize },
 }
 
-/// The instruction set the kernels run on here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
-    Avx512,
-    Avx2,
-}
-
-/// The widest instruction set this CPU has for the kernels (detected at run time).
-fn isa() -> Option<Isa> {
-    [Isa::Avx512, Isa::Avx2].into_iter().find(|&i| supported(i))
-}
-
-/// Whether the CPU has `isa`.
-fn supported(isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match isa {
-            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-            Isa::Avx2 => {
-                std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = isa;
-        false
-    }
-}
+use crate::isa::{Isa, detect};
 
 /// `out[m, n] = x[m, k] w[k, n]` with `x` and `out` contiguous row-major.
 ///
@@ -68,7 +40,7 @@ pub(crate) fn few_rows(
     out: &mut [f32],
     threads: usize,
 ) -> bool {
-    isa().is_some_and(|isa| few_rows_on(isa, (m, k, n), x, w, layout, out, threads))
+    detect().is_some_and(|isa| few_rows_on(isa, (m, k, n), x, w, layout, out, threads))
 }
 
 /// [`few_rows`] on a given instruction set, which the caller knows the CPU has.
@@ -99,7 +71,7 @@ fn few_rows_on(
 /// `x` against a few weight rows, e.g. a router's; `wt` must hold `out.len() d`).
 pub(crate) fn dots(x: &[f32], wt: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    match isa() {
+    match detect() {
         // SAFETY: the instruction set was detected.
         Some(Isa::Avx512) => return unsafe { dots_avx512(x, wt, out) },
         // SAFETY: as above.
@@ -636,12 +608,11 @@ mod tests {
 
     #[test]
     fn matches_the_definition_for_both_layouts() {
-        let here: Vec<Isa> = [Isa::Avx512, Isa::Avx2].into_iter().filter(|&i| supported(i)).collect();
+        let here = crate::isa::available();
         if here.is_empty() {
             eprintln!("neither AVX-512F nor AVX2 with FMA: the streaming kernels are not used on this CPU");
             return;
         }
-        assert_eq!(isa(), here.first().copied(), "the widest instruction set is the one used");
         // Rows 1 ..= 8 (one and two passes), k below, at and above the 4-row step and one
         // vector, n with and without a vector tail, several threads.
         for &(m, k, n) in

@@ -1,5 +1,4 @@
-//! A branch-free `exp` that compilers vectorise, and a way to run a loop with the CPU's widest
-//! vector instructions.
+//! A branch-free `exp` that compilers vectorise, and the reductions built on it.
 //!
 //! `f32::exp` is a call into libm per element, which no compiler turns into vector code. A
 //! training step on SmolLM2 evaluates about 260 million of them (the loss's softmax over the
@@ -8,20 +7,23 @@
 //! samples, the vectorised code about 1.2%.
 //! [`exp`] is the same function written as arithmetic and bit operations alone (Cody-Waite
 //! range reduction, Cephes' degree-6 minimax polynomial, the power of two built in the exponent
-//! bits), so a loop over a slice compiles to 8- or 16-wide vector code. [`vectorized`] runs a
-//! closure compiled for AVX-512 or AVX2 + FMA when the CPU has them (decided at run time, like
-//! the `gemm` crate's kernels), so the fused kernels need no `-C target-cpu` flag.
+//! bits), so a loop over a slice compiles to 8- or 16-wide vector code. [`vectorized`] (from
+//! [`crate::isa`]) runs a closure compiled for AVX-512 or AVX2 + FMA when the CPU has them
+//! (decided at run time, like the `gemm` crate's kernels), so the fused kernels need no
+//! `-C target-cpu` flag.
 //!
 //! Accuracy: within 2 ulp of the correctly rounded value over the normal range `[-87.3, 88.7]`
 //! (the test checks it against `f64::exp` on a dense grid), gradual underflow below it,
 //! `exp(-inf) = 0`, `exp(+inf) = +inf`, NaN stays NaN.
 
+pub use crate::isa::vectorized;
+
 /// `e^x` in `f32`, branch-free (see the module docs for its accuracy).
 ///
 /// ```
-/// let e = idlora_models::vmath::exp(1.0);
+/// let e = idlora_kernels::vmath::exp(1.0);
 /// assert!((e - std::f32::consts::E).abs() <= 2.0 * f32::EPSILON * std::f32::consts::E);
-/// assert_eq!(idlora_models::vmath::exp(f32::NEG_INFINITY), 0.0);
+/// assert_eq!(idlora_kernels::vmath::exp(f32::NEG_INFINITY), 0.0);
 /// ```
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
@@ -68,7 +70,7 @@ pub fn exp(x: f32) -> f32 {
 /// The logistic sigmoid `1 / (1 + e^-x)` through [`exp`].
 ///
 /// ```
-/// assert_eq!(idlora_models::vmath::sigmoid(0.0), 0.5);
+/// assert_eq!(idlora_kernels::vmath::sigmoid(0.0), 0.5);
 /// ```
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
@@ -82,7 +84,7 @@ const LANES: usize = 16;
 /// The largest element (`f32::max` semantics: NaNs are skipped; `-inf` for an empty slice).
 ///
 /// ```
-/// assert_eq!(idlora_models::vmath::max(&[1.0, 7.0, -3.0]), 7.0);
+/// assert_eq!(idlora_kernels::vmath::max(&[1.0, 7.0, -3.0]), 7.0);
 /// ```
 #[inline(always)]
 pub fn max(xs: &[f32]) -> f32 {
@@ -101,7 +103,7 @@ pub fn max(xs: &[f32]) -> f32 {
 /// `sum_i e^(x_i - shift)`, accumulated in `f64`.
 ///
 /// ```
-/// let s = idlora_models::vmath::sum_exp_f64(&[0.0, 0.0], 0.0);
+/// let s = idlora_kernels::vmath::sum_exp_f64(&[0.0, 0.0], 0.0);
 /// assert_eq!(s, 2.0);
 /// ```
 #[inline(always)]
@@ -112,7 +114,7 @@ pub fn sum_exp_f64(xs: &[f32], shift: f32) -> f64 {
 /// `sum_i e^(x_i - shift)` in `f32`.
 ///
 /// ```
-/// let s = idlora_models::vmath::sum_exp(&[0.0, 0.0, 0.0], 0.0);
+/// let s = idlora_kernels::vmath::sum_exp(&[0.0, 0.0, 0.0], 0.0);
 /// assert_eq!(s, 3.0);
 /// ```
 #[inline(always)]
@@ -136,53 +138,6 @@ where
     }
     let t = tail.iter().fold(A::default(), |t, &x| t + A::from(exp(x - shift)));
     acc.into_iter().fold(A::default(), |s, a| s + a) + t
-}
-
-/// Runs `f`, compiled with AVX-512 (F, BW, DQ, VL) where the CPU has it, else with AVX2 + FMA
-/// where it has those, else as it is. Mark the closure `#[inline(always)]`: only a closure
-/// inlined into the chosen variant is compiled for its instructions (without the attribute the
-/// compiler kept the fused kernels' closures as separate baseline-x86-64 functions, scalar code
-/// that was slower than libm's `expf`). The result is the same function of the inputs either way, up to the rounding of
-/// contracted multiply-adds.
-///
-/// ```
-/// use idlora_models::vmath::{exp, vectorized};
-///
-/// let xs: Vec<f32> = (0..100).map(|i| i as f32 * 0.1 - 5.0).collect();
-/// let sum: f32 = vectorized(#[inline(always)] || xs.iter().map(|&x| exp(x)).sum());
-/// assert!((sum - xs.iter().map(|x| x.exp()).sum::<f32>()).abs() < 1e-3);
-/// ```
-#[inline(always)]
-pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
-            // SAFETY: the CPU has every feature the variant is compiled for.
-            return unsafe { x86::v4(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { x86::v3(f) };
-        }
-    }
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi1,bmi2")]
-    pub(super) unsafe fn v4<R>(f: impl FnOnce() -> R) -> R {
-        f()
-    }
-
-    #[target_feature(enable = "avx2,fma,bmi1,bmi2")]
-    pub(super) unsafe fn v3<R>(f: impl FnOnce() -> R) -> R {
-        f()
-    }
 }
 
 #[cfg(test)]

@@ -18,45 +18,17 @@
 //! Both kernels come from one body (the `in_place_kernel` macro) over each instruction set's handful of
 //! vector operations, so they cannot drift apart.
 
-/// The instruction set [`Centres::dots`] runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// AVX-512F: 16 lanes, 4 x 6 register tiles.
-    Avx512,
-    /// AVX2 with FMA: 8 lanes, 3 x 4 register tiles.
-    Avx2,
-}
+pub use crate::isa::Isa;
 
-impl Isa {
-    /// Floats per vector: the number of interleaved accumulation chains of one entry.
-    pub fn lanes(self) -> usize {
-        match self {
-            Isa::Avx512 => 16,
-            Isa::Avx2 => 8,
-        }
+/// Depth block in floats, a multiple of [`Isa::lanes`]: a block of 40 centres' pieces (40 KiB
+/// at AVX-512's 256, 20 KiB at AVX2's 128) and a row tile's stay in or near L1 while a panel's
+/// rows pass over them. AVX2 at 256 measured 42 against 51 GFLOP/s for 128 (one core, 40
+/// centres).
+fn depth(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 256,
+        Isa::Avx2 => 128,
     }
-
-    /// Depth block in floats, a multiple of [`Isa::lanes`]: a block of 40 centres' pieces
-    /// (40 KiB at AVX-512's 256, 20 KiB at AVX2's 128) and a row tile's stay in or near L1
-    /// while a panel's rows pass over them. AVX2 at 256 measured 42 against 51 GFLOP/s for 128
-    /// (one core, 40 centres).
-    fn depth(self) -> usize {
-        match self {
-            Isa::Avx512 => 256,
-            Isa::Avx2 => 128,
-        }
-    }
-}
-
-/// The instruction set this CPU runs the kernel on (detected at run time), `None` where it has
-/// neither AVX-512F nor AVX2 with FMA (or is not x86-64).
-pub fn isa() -> Option<Isa> {
-    [Isa::Avx512, Isa::Avx2].into_iter().find(|&i| supported(i))
-}
-
-/// Whether this CPU runs [`Centres::dots`] (see [`isa`]).
-pub fn available() -> bool {
-    isa().is_some()
 }
 
 /// Centres laid out for [`Centres::dots`]: depth block by depth block, each block holding every
@@ -75,17 +47,17 @@ impl Centres {
     /// Packs `m` row-major centres of depth `d` (`centers.len() == m * d`) for this CPU's
     /// instruction set; `None` if the length does not match.
     pub fn new(centers: &[f32], m: usize, d: usize) -> Option<Self> {
-        Self::with_isa(centers, m, d, isa())
+        Self::with_isa(centers, m, d, crate::isa::detect())
     }
 
     /// [`Centres::new`] for a chosen instruction set (`None`: the kernel is not used). Choosing
     /// one the CPU lacks is refused (`None`), so [`Centres::dots`] never runs an instruction the
     /// CPU does not have.
     pub fn with_isa(centers: &[f32], m: usize, d: usize, isa: Option<Isa>) -> Option<Self> {
-        if m.checked_mul(d) != Some(centers.len()) || isa.is_some_and(|i| !supported(i)) {
+        if m.checked_mul(d) != Some(centers.len()) || isa.is_some_and(|i| !i.supported()) {
             return None;
         }
-        let depth = isa.map_or(d.max(1), Isa::depth);
+        let depth = isa.map_or(d.max(1), depth);
         let mut packed = Vec::with_capacity(centers.len());
         let mut p0 = 0;
         while p0 < d {
@@ -104,11 +76,11 @@ impl Centres {
     }
 
     /// `out[i * m + j] = a_i . c_j` for the `rows x d` row-major `a`. Returns `false`, touching
-    /// nothing, where no instruction set was chosen (see [`isa`]) or a slice's length does not
+    /// nothing, where no instruction set was chosen (see [`crate::isa::detect`]) or a slice's length does not
     /// match the shapes.
     ///
     /// ```
-    /// use idlora_cluster::dots::Centres;
+    /// use idlora_kernels::dots::Centres;
     /// let a = [1.0f32, 2.0, 3.0, 4.0]; // two rows of depth 2
     /// let c = Centres::new(&[1.0, 1.0, 0.0, 1.0], 2, 2).unwrap(); // two centres
     /// let mut out = [0.0f32; 4];
@@ -128,7 +100,7 @@ impl Centres {
     /// hold `rows.len() * m` values or a row lies past the end of `data`.
     ///
     /// ```
-    /// use idlora_cluster::dots::Centres;
+    /// use idlora_kernels::dots::Centres;
     /// let data = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // three rows of depth 2
     /// let c = Centres::new(&[1.0, 1.0], 1, 2).unwrap(); // one centre
     /// let mut out = [0.0f32; 2];
@@ -160,24 +132,6 @@ impl Centres {
             _ => return false,
         }
         true
-    }
-}
-
-/// Whether the CPU has `isa`.
-fn supported(isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match isa {
-            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-            Isa::Avx2 => {
-                std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = isa;
-        false
     }
 }
 
@@ -231,7 +185,7 @@ macro_rules! in_place_kernel {
                 acc.fill(zero());
                 let mut p0 = 0;
                 while p0 < d {
-                    let len = (d - p0).min(ISA.depth());
+                    let len = (d - p0).min(super::depth(ISA));
                     let mut t0 = 0;
                     while t0 < pr {
                         let rt = (pr - t0).min(ROWS);
@@ -511,7 +465,7 @@ mod tests {
 
     /// The instruction sets this CPU can run (each is tested where present).
     fn kernels_here() -> Vec<Isa> {
-        let here: Vec<Isa> = [Isa::Avx512, Isa::Avx2].into_iter().filter(|&i| supported(i)).collect();
+        let here = crate::isa::available();
         if here.is_empty() {
             eprintln!("neither AVX-512F nor AVX2 with FMA here: the kernels are not run");
         }
@@ -619,7 +573,7 @@ mod tests {
     fn the_detected_kernel_is_the_widest_the_cpu_has() {
         let c = Centres::new(&[1.0; 4], 2, 2).unwrap();
         assert_eq!(c.isa(), kernels_here().first().copied());
-        assert_eq!(c.isa(), isa());
+        assert_eq!(c.isa(), crate::isa::detect());
     }
 
     #[test]

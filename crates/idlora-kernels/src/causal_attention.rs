@@ -31,7 +31,7 @@ use burn::tensor::Tensor;
 /// let device = Device::flex().autodiff();
 /// let q = Tensor::<4>::random([1, 4, 3, 8], Distribution::Default, &device);
 /// let kv = Tensor::<4>::random([1, 2, 3, 8], Distribution::Default, &device);
-/// let out = idlora_models::attention::causal(&q, &kv, &kv).expect("flex autodiff tensors");
+/// let out = idlora_kernels::causal_attention::causal(&q, &kv, &kv).expect("flex autodiff tensors");
 /// assert_eq!(out.dims(), [1, 4, 3, 8]);
 /// // The first query sees only the first key, so its output is that key's value row.
 /// let first = out.slice([0..1, 0..1, 0..1, 0..8]).into_data();
@@ -58,21 +58,16 @@ mod flex {
     use std::sync::Arc;
 
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::{
-        BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-    };
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::flex::FlexTensor;
     use burn::backend::tensor::FloatTensor;
-    use burn::backend::{
-        Autodiff, BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind, Flex,
-        GradientCheckpointingStrategy,
-    };
-    use burn::tensor::{DType, Tensor, TensorData};
+    use burn::backend::{Autodiff, DispatchAutodiffContext, Flex};
+    use burn::tensor::{Tensor, TensorData};
     use rayon::prelude::*;
 
-    use crate::flex_util::values;
+    use crate::flex::{by_strategy, contiguous, from_plain, from_tracked, plain, tracked, values};
     use crate::vmath;
 
     /// Shapes of one call: batch, query heads, key/value heads, query rows, key rows, head size.
@@ -110,11 +105,6 @@ mod flex {
     /// Query rows per block of the products.
     const ROWS: usize = 64;
 
-    /// A contiguous f32 copy of `t` unless it already is one (a reference-count increment).
-    fn contiguous(t: &FlexTensor) -> FlexTensor {
-        if t.is_contiguous() { t.clone() } else { t.to_contiguous() }
-    }
-
     pub(super) fn causal(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
         let [b, h, s, d] = q.dims();
         let [_, kvh, t, _] = k.dims();
@@ -125,45 +115,11 @@ mod flex {
             return None;
         }
         if context == DispatchAutodiffContext::Disabled {
-            let plain = |x: &DispatchTensor| match &x.kind {
-                DispatchTensorKind::Flex(BackendTensor::Float(f)) if f.dtype() == DType::F32 => {
-                    Some(f.clone())
-                }
-                _ => None,
-            };
-            let out = infer(&plain(&qd)?, &plain(&kd)?, &plain(&vd)?, dims);
-            return Some(Tensor::from_dispatch(DispatchTensor {
-                kind: DispatchTensorKind::Flex(BackendTensor::Float(out)),
-                autodiff: DispatchAutodiffContext::Disabled,
-            }));
+            let out = infer(plain(&qd)?, plain(&kd)?, plain(&vd)?, dims);
+            return Some(from_plain(out));
         }
-        let inner = |x: &DispatchTensor| match &x.kind {
-            DispatchTensorKind::Autodiff(inner) => match inner.as_ref() {
-                DispatchTensorKind::Flex(BackendTensor::Autodiff(a))
-                    if a.primitive().dtype() == DType::F32 =>
-                {
-                    Some(a.clone())
-                }
-                _ => None,
-            },
-            _ => None,
-        };
-        let (qa, ka, va) = (inner(&qd)?, inner(&kd)?, inner(&vd)?);
-        let out = match context {
-            DispatchAutodiffContext::Enabled(GradientCheckpointingStrategy::Disabled) => {
-                run::<NoCheckpointing>(&qa, &ka, &va, dims)
-            }
-            DispatchAutodiffContext::Enabled(GradientCheckpointingStrategy::Balanced) => {
-                run::<BalancedCheckpointing>(&qa, &ka, &va, dims)
-            }
-            DispatchAutodiffContext::Disabled => return None,
-        };
-        Some(Tensor::from_dispatch(DispatchTensor {
-            kind: DispatchTensorKind::Autodiff(Box::new(DispatchTensorKind::Flex(BackendTensor::Autodiff(
-                out,
-            )))),
-            autodiff: context,
-        }))
+        let out = by_strategy!(context, run(tracked(&qd)?, tracked(&kd)?, tracked(&vd)?, dims))?;
+        Some(from_tracked(out, context))
     }
 
     /// `dst (m x n, row stride dst_rs) = alpha lhs (m x k) rhs (k x n)`, added to `dst` when
@@ -413,7 +369,7 @@ mod tests {
     use burn::tensor::{Device, Distribution, Tensor};
 
     use super::causal;
-    use crate::flex_util::testing::{close_within, values};
+    use crate::flex::testing::{close_within, values};
 
     fn close(a: &[f32], b: &[f32], what: &str) {
         close_within(a, b, (2e-5, 1e-4), what);
