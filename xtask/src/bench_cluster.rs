@@ -275,7 +275,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         writeln!(table, "\n{line}")?;
     }
     if let Some(out) = &args.out {
-        crate::cluster::write_atomic(out, table.as_bytes())?;
+        idlora_data::write_atomic(out, table.as_bytes())?;
         println!("\nwritten to {}", out.display());
     }
     let _ = std::fs::remove_dir_all(&dir);

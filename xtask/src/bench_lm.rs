@@ -148,7 +148,7 @@ pub fn run(args: LmArgs) -> Result<()> {
     }
     print!("{md}");
     if let Some(out) = args.out {
-        crate::cluster::write_atomic(&out, md.as_bytes())?;
+        idlora_data::write_atomic(&out, md.as_bytes())?;
     }
     Ok(())
 }

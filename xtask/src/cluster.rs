@@ -126,7 +126,7 @@ fn one_tensor(args: &ClusterArgs, weights: &Path, tensor: &str) -> Result<()> {
         seconds,
         bases: &result.bases.sets,
     };
-    write_atomic(&out, serde_json::to_string(&report)?.as_bytes())?;
+    idlora_data::write_atomic(&out, serde_json::to_string(&report)?.as_bytes())?;
     match c {
         Some(c) => println!(
             "{tensor} ({rows} x {cols}): sizes {:?}, inertia {:.6e}, {} iterations, {seconds:.2} s -> {}",
@@ -258,16 +258,5 @@ fn whole_model(args: &ClusterArgs) -> Result<()> {
         results.len(),
         out.display()
     );
-    Ok(())
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp =
-        dir.join(format!(".{}.partial", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }

@@ -181,7 +181,7 @@ pub fn run(args: EfficiencyArgs) -> Result<()> {
     let table = render(&args, &rows);
     println!("{table}");
     if let Some(out) = &args.out {
-        idlora_train::checkpoint::write_atomic(out, table.as_bytes())?;
+        idlora_data::write_atomic(out, table.as_bytes())?;
         println!("written to {}", out.display());
     }
     Ok(())

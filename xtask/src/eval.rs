@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use idlora_data::write_atomic;
 use idlora_eval::report::{EvalReport, comparison_table};
 use idlora_eval::sandbox::{Sandbox, SandboxConfig};
 use idlora_eval::task::{ChoiceFormat, EvalSettings, TaskResult};
 use idlora_eval::{cqa, gsm8k, hexphi, humaneval, mmlu};
 use idlora_models::SamplingConfig;
-use idlora_train::checkpoint::write_atomic;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::lm::{Loaded, ModelArgs};

@@ -217,5 +217,5 @@ fn write_logits(out: &Path, tokens: &[u32], data: &[f32], s: usize, v: usize) ->
         ("tokens".to_string(), TensorView::new(Dtype::I32, vec![s], &tb)?),
     ];
     let bytes = safetensors::serialize(views, None)?;
-    crate::cluster::write_atomic(out, &bytes)
+    Ok(idlora_data::write_atomic(out, &bytes)?)
 }

@@ -112,11 +112,8 @@ fn samples(model: &CausalLm, tokenizer: &Tokenizer, cfg: &TrainConfig) -> Result
     let inference = burn::module::Module::valid(model);
     let mut out = Vec::new();
     for p in &cfg.sample.prompts {
-        let record = idlora_train::data::Record {
-            instruction: p.clone(),
-            input: String::new(),
-            output: String::new(),
-        };
+        let record =
+            idlora_data::Record { instruction: p.clone(), input: String::new(), output: String::new() };
         let text = match template {
             TemplateKind::Chat => tokenizer.apply_chat_template(&[ChatMessage::new("user", p)], true)?,
             TemplateKind::Alpaca => idlora_train::template::prompt_text(&record, template, tokenizer)?,

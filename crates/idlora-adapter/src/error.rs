@@ -102,3 +102,9 @@ pub enum AdapterError {
 
 /// Shorthand for results of this crate.
 pub type Result<T> = std::result::Result<T, AdapterError>;
+
+impl From<idlora_data::WriteError> for AdapterError {
+    fn from(e: idlora_data::WriteError) -> Self {
+        AdapterError::Io { path: e.path, source: e.source }
+    }
+}

@@ -355,12 +355,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AdapterError + '_ {
     move |source| AdapterError::Io { path: path.to_path_buf(), source }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
-}
-
 impl AdapterFile {
     /// Collects the adapters of `layers` (each named by its module path).
     pub fn from_layers<'a>(
@@ -422,10 +416,10 @@ impl AdapterFile {
         let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
         let data = safetensors::serialize(views, metadata)
             .map_err(|e| AdapterError::Safetensors { path: weights.clone(), message: e.to_string() })?;
-        write_atomic(&weights, &data)?;
+        idlora_data::write_atomic(&weights, &data)?;
         let config = serde_json::to_string_pretty(&self.config.to_json())
             .map_err(|e| AdapterError::Json { path: dir.join(CONFIG_FILE), message: e.to_string() })?;
-        write_atomic(&dir.join(CONFIG_FILE), config.as_bytes())
+        Ok(idlora_data::write_atomic(&dir.join(CONFIG_FILE), config.as_bytes())?)
     }
 
     /// Reads a folder written by [`save`](Self::save) or by PEFT's `save_pretrained`.

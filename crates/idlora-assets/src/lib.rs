@@ -309,22 +309,17 @@ fn write_atomically(
     archive: &Path,
 ) -> Result<(), AssetError> {
     let bad = |reason: String| AssetError::BadArchive { archive: archive.to_path_buf(), reason };
-    let parent = target.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let partial = target.with_extension("partial");
-    {
-        let mut out = std::fs::File::create(&partial).map_err(io(&partial))?;
+    let partial = idlora_data::atomic::partial_path(target);
+    idlora_data::write_atomic_with(target, |out| {
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = reader.read(&mut buf).map_err(|e| bad(format!("reading `{member}`: {e}")))?;
             if n == 0 {
-                break;
+                return Ok(());
             }
-            std::io::Write::write_all(&mut out, &buf[..n]).map_err(io(&partial))?;
+            std::io::Write::write_all(out, &buf[..n]).map_err(io(&partial))?;
         }
-        out.sync_all().map_err(io(&partial))?;
-    }
-    std::fs::rename(&partial, target).map_err(io(target))
+    })
 }
 
 /// Copies `member` out of the zip archive `archive` to `target`, atomically (temporary file, then
@@ -338,6 +333,12 @@ pub fn extract_member(archive: &Path, member: &str, target: &Path) -> Result<(),
         member: member.to_owned(),
     })?;
     write_atomically(&mut entry, member, target, archive)
+}
+
+impl From<idlora_data::WriteError> for AssetError {
+    fn from(e: idlora_data::WriteError) -> Self {
+        AssetError::Io { path: e.path, source: e.source }
+    }
 }
 
 #[cfg(test)]

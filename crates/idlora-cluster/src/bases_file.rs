@@ -59,7 +59,6 @@ impl BasesFile {
     /// Writes the file atomically (a temporary file in the same folder, then a rename).
     pub fn save(&self, path: &Path) -> Result<(), BasesFileError> {
         let shown = path.display().to_string();
-        let io = |source| BasesFileError::Io { path: shown.clone(), source };
         let data: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .sets
             .iter()
@@ -83,12 +82,8 @@ impl BasesFile {
         meta.insert("settings".into(), settings);
         let bytes = safetensors::serialize(views, Some(meta))
             .map_err(|e| BasesFileError::Invalid { path: shown.clone(), reason: e.to_string() })?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = dir
-            .join(format!(".{}.partial", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        idlora_data::write_atomic(path, &bytes)
+            .map_err(|e| BasesFileError::Io { path: e.path.display().to_string(), source: e.source })
     }
 
     /// Reads a file written by [`BasesFile::save`], checking its format and every tensor.

@@ -23,7 +23,7 @@ pub struct CqaData {
 /// dataset) and `answerKey` (a label), from JSONL, JSON, Parquet or Arrow.
 pub fn load(path: &Path) -> Result<CqaData> {
     let mut questions = Vec::new();
-    for (i, (location, row)) in idlora_train::data::read_rows(path)?.into_iter().enumerate() {
+    for (i, (location, row)) in idlora_data::read_rows(path)?.into_iter().enumerate() {
         let row = row.map_err(|e| data_err(path, format!("{location}: {e}")))?;
         let bad = |what: &str| data_err(path, format!("{location}: {what}"));
         let strings = |v: Option<&Value>, what: &str| -> Result<Vec<String>> {

@@ -21,7 +21,10 @@ pub enum EvalError {
     Model(#[from] idlora_models::ModelError),
     /// Reading a data file failed.
     #[error(transparent)]
-    Read(#[from] idlora_train::TrainError),
+    Read(#[from] idlora_data::DataError),
+    /// Writing a result file failed.
+    #[error(transparent)]
+    Write(#[from] idlora_data::WriteError),
     /// Reading tensors back from the device failed.
     #[error("reading results back from the device: {0}")]
     Backend(String),

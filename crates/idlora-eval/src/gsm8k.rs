@@ -127,7 +127,7 @@ pub struct Gsm8kData {
 /// Reads GSM8K problems from JSONL / JSON / Parquet / Arrow rows with `question` and `answer`,
 /// at the top level or under `doc` (the packaged evaluation requests, deduplicated by question).
 pub fn load(path: &Path) -> Result<Gsm8kData> {
-    let rows = idlora_train::data::read_rows(path)?;
+    let rows = idlora_data::read_rows(path)?;
     let mut problems = Vec::new();
     let mut seen = HashSet::new();
     let mut exemplars = Vec::new();

@@ -131,7 +131,7 @@ fn read_file(path: &Path) -> Result<Vec<Instruction>> {
         return Ok(out);
     }
     let mut out = Vec::new();
-    for (location, row) in idlora_train::data::read_rows(path)? {
+    for (location, row) in idlora_data::read_rows(path)? {
         let row = row.map_err(|e| data_err(path, format!("{location}: {e}")))?;
         let text = ["prompt", "instruction", "text"]
             .iter()

@@ -45,7 +45,7 @@ pub struct HumanEvalData {
 /// Reads HumanEval problems (`task_id`, `prompt`, `canonical_solution`, `test`, `entry_point`).
 pub fn load(path: &Path) -> Result<HumanEvalData> {
     let mut problems = Vec::new();
-    for (location, row) in idlora_train::data::read_rows(path)? {
+    for (location, row) in idlora_data::read_rows(path)? {
         let row = row.map_err(|e| data_err(path, format!("{location}: {e}")))?;
         let field = |k: &str| {
             row.get(k)

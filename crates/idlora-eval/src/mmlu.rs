@@ -75,7 +75,7 @@ fn data_file(dir: &Path) -> Result<Option<PathBuf>> {
 
 fn read_questions(path: &Path, subject: &str) -> Result<Vec<Question>> {
     let mut out = Vec::new();
-    for (i, (location, row)) in idlora_train::data::read_rows(path)?.into_iter().enumerate() {
+    for (i, (location, row)) in idlora_data::read_rows(path)?.into_iter().enumerate() {
         let row = row.map_err(|e| data_err(path, format!("{location}: {e}")))?;
         let bad = |what: &str| data_err(path, format!("{location}: {what}"));
         let question =

@@ -48,7 +48,7 @@ impl EvalReport {
     /// Writes the report as pretty JSON, atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(|e| EvalError::Settings(e.to_string()))?;
-        Ok(idlora_train::checkpoint::write_atomic(path, text.as_bytes())?)
+        Ok(idlora_data::write_atomic(path, text.as_bytes())?)
     }
 
     /// Reads a report written by [`EvalReport::save`].

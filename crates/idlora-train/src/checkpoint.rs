@@ -259,18 +259,6 @@ pub fn read_tensors(path: &Path) -> Result<TensorMap> {
     Ok(out)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = path.with_extension(format!(
-        "{}.partial",
-        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
-    write_synced(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).map_err(io(path))
-}
-
 /// Creates `path` with `bytes` and waits until they are on disk.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use idlora_adapter::params::Target;
 use idlora_adapter::{DropoutSite, MethodConfig, MethodKind};
 use idlora_cluster::{PmrcConfig, Selector};
+use idlora_data::{Columns, Format};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError, config_err, io};
@@ -198,18 +199,6 @@ fn one() -> f64 {
     1.0
 }
 
-/// Field names of a `columns` source.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Columns {
-    /// The instruction (or question).
-    pub instruction: String,
-    /// Optional extra input.
-    pub input: Option<String>,
-    /// The response (or answer).
-    pub output: String,
-}
-
 /// `[optim]`: AdamW and the schedule.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -335,17 +324,6 @@ pub enum Schedule {
     Linear,
     /// Half a cosine to 0 at the last step.
     Cosine,
-}
-
-/// Record layout of a source.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// `instruction`, `input`, `output`.
-    Alpaca,
-    /// `question`, `answer` (also inside a `doc` object, as evaluation harnesses store it).
-    Gsm8k,
-    /// Named fields.
-    Columns(Columns),
 }
 
 impl TrainConfig {

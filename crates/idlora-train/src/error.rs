@@ -22,7 +22,7 @@ pub enum TrainError {
         /// The parser's message (with line and column).
         message: String,
     },
-    /// A data file cannot be read or holds no usable record.
+    /// A data source holds no usable record (after its malformed ones are set aside).
     #[error("{path}: {message}")]
     Data {
         /// The data file.
@@ -59,6 +59,12 @@ pub enum TrainError {
         /// The checkpoint to resume from (or "none").
         last_checkpoint: String,
     },
+    /// A data file cannot be read.
+    #[error(transparent)]
+    Read(#[from] idlora_data::DataError),
+    /// A result file cannot be written.
+    #[error(transparent)]
+    Write(#[from] idlora_data::WriteError),
     /// The model crate failed.
     #[error(transparent)]
     Model(#[from] idlora_models::ModelError),

@@ -21,13 +21,11 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
-pub mod data;
 pub mod error;
 pub mod loss;
 pub mod mixture;
 pub mod plot;
 pub mod schedule;
-pub mod tabular;
 pub mod template;
 pub mod trainer;
 

@@ -9,9 +9,9 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{TrainConfig, source_format};
-use crate::data::{Malformed, read_records};
 use crate::error::{Result, TrainError, config_err};
 use crate::template::{Encoded, Example, encode};
+use idlora_data::{Malformed, read_records};
 
 /// What happened to one source's records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 use idlora_models::{ChatMessage, Tokenizer};
 
 use crate::config::TemplateKind;
-use crate::data::Record;
 use crate::error::Result;
+use idlora_data::Record;
 
 /// Stanford Alpaca's prompt for records with an input.
 pub const ALPACA_WITH_INPUT: &str = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";

@@ -23,6 +23,7 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOpti
 use burn::tensor::{Bytes, Device, Tensor};
 use idlora_adapter::{AdapterConfig, MethodKind};
 use idlora_cluster::bases_file::BasesFile;
+use idlora_data::write_atomic;
 use idlora_models::adapters::BasesSource;
 use idlora_models::{CausalLm, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{Batch, collate, epoch_plan};
 use crate::checkpoint::{
     CheckpointFiles, RunState, digest, list_checkpoints, load_checkpoint, load_trainable, read_tensors,
-    save_checkpoint, tensors_to_bytes, trainable_count, trainable_tensors, with_stable_ids, write_atomic,
+    save_checkpoint, tensors_to_bytes, trainable_count, trainable_tensors, with_stable_ids,
 };
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError, config_err, io};

@@ -4,8 +4,7 @@
 //! silently.
 //!
 //! ```
-//! use idlora_train::config::Format;
-//! use idlora_train::data::read_records;
+//! use idlora_data::records::{Format, read_records};
 //! let dir = tempfile::tempdir()?;
 //! let path = dir.path().join("math.jsonl");
 //! std::fs::write(&path, "{\"question\": \"1+1?\", \"answer\": \"#### 2\"}\n{\"question\": 3}\n")?;
@@ -20,8 +19,34 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::config::{Columns, Format};
-use crate::error::{Result, TrainError, io};
+use crate::error::{DataError, Result};
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io { path: path.to_path_buf(), source }
+}
+
+/// Field names of a `columns` layout; dotted paths reach into nested objects (`doc.question`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Columns {
+    /// The instruction (or question).
+    pub instruction: String,
+    /// Optional extra input.
+    pub input: Option<String>,
+    /// The response (or answer).
+    pub output: String,
+}
+
+/// Record layout of a data file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `instruction`, `input`, `output` (Alpaca, CodeAlpaca, Saferpaca).
+    Alpaca,
+    /// `question`, `answer` (also inside a `doc` object, as evaluation harnesses store it).
+    Gsm8k,
+    /// Named fields.
+    Columns(Columns),
+}
 
 /// One instruction-following record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +87,7 @@ pub type RawRow = (String, std::result::Result<Value, String>);
 /// with their locations: the reader shared by training data and benchmark data. A file that is
 /// none of these is an error naming it; a JSONL line that is not JSON is kept as an `Err` row.
 pub fn read_rows(path: &Path) -> Result<Vec<RawRow>> {
-    let data_err = |message: String| TrainError::Data { path: path.to_path_buf(), message };
+    let data_err = |message: String| DataError::Data { path: path.to_path_buf(), message };
     let mut items: Vec<RawRow> = Vec::new();
     if let Some(rows) = crate::tabular::read_rows(path).map_err(data_err)? {
         items.extend(rows.into_iter().enumerate().map(|(i, v)| (format!("row {}", i + 1), Ok(v))));
@@ -92,7 +117,7 @@ pub fn read_records(path: &Path, format: &Format) -> Result<SourceRecords> {
 }
 
 fn finish(path: &Path, items: Vec<RawRow>, format: &Format) -> Result<SourceRecords> {
-    let data_err = |message: String| TrainError::Data { path: path.to_path_buf(), message };
+    let data_err = |message: String| DataError::Data { path: path.to_path_buf(), message };
     if items.is_empty() {
         return Err(data_err("holds no record".into()));
     }
@@ -112,14 +137,14 @@ fn read_text(path: &Path) -> Result<String> {
     let mut bytes = Vec::new();
     let gz = path.extension().is_some_and(|e| e == "gz");
     if gz {
-        flate2::read::GzDecoder::new(file).read_to_end(&mut bytes).map_err(|e| TrainError::Data {
+        flate2::read::GzDecoder::new(file).read_to_end(&mut bytes).map_err(|e| DataError::Data {
             path: path.to_path_buf(),
             message: format!("bad gzip data: {e}"),
         })?;
     } else {
         std::io::BufReader::new(file).read_to_end(&mut bytes).map_err(io(path))?;
     }
-    String::from_utf8(bytes).map_err(|e| TrainError::Data {
+    String::from_utf8(bytes).map_err(|e| DataError::Data {
         path: path.to_path_buf(),
         message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
     })

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 /// Every row of the Parquet or Arrow file at `path`, as a JSON object; `None` when the file is
 /// neither (by its first bytes: `PAR1`, `ARROW1`, or an IPC stream's continuation marker). Errors
-/// are messages for [`crate::TrainError::Data`].
+/// are messages for [`crate::DataError::Data`].
 pub fn read_rows(path: &Path) -> Result<Option<Vec<Value>>, String> {
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     let mut magic = [0u8; 6];
