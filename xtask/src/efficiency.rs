@@ -17,8 +17,8 @@ use idlora_models::{CausalLm, ForwardInput, KvCache};
 use serde::{Deserialize, Serialize};
 
 use crate::bench_lm::{median, peak_rss_mb};
-use crate::device::{DeviceChoice, pick};
 use crate::paths;
+use idlora_models::{DeviceChoice, pick};
 
 /// Arguments of `cargo xtask eval efficiency`.
 #[derive(Args)]

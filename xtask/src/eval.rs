@@ -14,7 +14,7 @@ use idlora_eval::{cqa, gsm8k, hexphi, humaneval, mmlu};
 use idlora_models::SamplingConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::lm::{Loaded, ModelArgs};
+use crate::lm::ModelArgs;
 use crate::{efficiency, paths};
 
 /// Arguments of `cargo xtask eval`.
@@ -212,9 +212,9 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
         }
     }
     let needs_model = args.tasks.iter().any(|t| t != "humaneval-canonical");
-    let loaded: Option<Loaded> = if needs_model { Some(args.model.load_described()?) } else { None };
+    let loaded = if needs_model { Some(args.model.load_described()?) } else { None };
     let label = args.label.clone().unwrap_or_else(|| match &loaded {
-        Some(l) => l.adapter.clone().unwrap_or_else(|| "base".to_string()),
+        Some((l, _)) => l.adapter_label().unwrap_or_else(|| "base".to_string()),
         None => "reference solutions".to_string(),
     });
     let stamp = paths::timestamp();
@@ -226,9 +226,9 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut report = EvalReport {
         label,
-        model: loaded.as_ref().map(|l| l.path.display().to_string()).unwrap_or_default(),
+        model: loaded.as_ref().map(|(l, _)| l.path.display().to_string()).unwrap_or_default(),
         adapter: args.model.adapter.as_ref().map(|p| p.display().to_string()),
-        device: loaded.as_ref().map(|l| l.device.clone()).unwrap_or_else(|| "none (no model)".into()),
+        device: loaded.as_ref().map(|(_, d)| d.clone()).unwrap_or_else(|| "none (no model)".into()),
         finished_unix: 0,
         tasks: Vec::new(),
     };
@@ -254,7 +254,7 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
             b.set_position(d as u64);
         };
         let t0 = Instant::now();
-        let result: TaskResult = match (task.as_str(), loaded.as_ref(), sandbox.as_ref()) {
+        let result: TaskResult = match (task.as_str(), loaded.as_ref().map(|(l, _)| l), sandbox.as_ref()) {
             ("humaneval-canonical", _, Some(sb)) => {
                 let data = humaneval::load(&asset(&idlora_assets::HUMANEVAL, &args.humaneval_data)?)?;
                 let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -262,7 +262,7 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
             }
             ("humaneval", Some(l), Some(sb)) => {
                 let data = humaneval::load(&asset(&idlora_assets::HUMANEVAL, &args.humaneval_data)?)?;
-                humaneval::run(&l.model, &l.tokenizer, &data, &settings, sb, &progress)?
+                humaneval::run(&l.model, l.tokenizer()?, &data, &settings, sb, &progress)?
             }
             ("gsm8k", Some(l), _) => {
                 let mut data = gsm8k::load(&asset(&idlora_assets::GSM8K_TEST, &args.gsm8k_data)?)?;
@@ -270,20 +270,20 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
                     data = data.with_exemplars(&gsm8k::load(f)?);
                 }
                 report_malformed(&data.path, &data.malformed);
-                gsm8k::run(&l.model, &l.tokenizer, &data, &settings, &progress)?
+                gsm8k::run(&l.model, l.tokenizer()?, &data, &settings, &progress)?
             }
             ("mmlu", Some(l), _) => {
                 let data = mmlu::load(&asset(&idlora_assets::MMLU, &args.mmlu_data)?, &args.mmlu_split)?;
-                mmlu::run(&l.model, &l.tokenizer, &data, &settings, &progress)?
+                mmlu::run(&l.model, l.tokenizer()?, &data, &settings, &progress)?
             }
             ("cqa", Some(l), _) => {
                 let data = cqa::load(&asset(&idlora_assets::COMMONSENSE_QA, &args.cqa_data)?)?;
-                cqa::run(&l.model, &l.tokenizer, &data, &settings, &progress)?
+                cqa::run(&l.model, l.tokenizer()?, &data, &settings, &progress)?
             }
             ("hexphi", Some(l), _) => {
                 let path = args.hexphi_data.as_ref().context("hexphi needs --hexphi-data")?;
                 let data = hexphi::load(path)?;
-                hexphi::run(&l.model, &l.tokenizer, &data, &settings, &progress)?
+                hexphi::run(&l.model, l.tokenizer()?, &data, &settings, &progress)?
             }
             (other, _, _) => bail!("task `{other}` cannot run here"),
         };

@@ -7,10 +7,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use idlora_models::{
-    CausalLm, ChatMessage, ForwardInput, SamplingConfig, Tokenizer, generate, load, load_tokenizer,
+    ChatMessage, DeviceChoice, ForwardInput, LoadedModel, SamplingConfig, generate, load_with_adapter, pick,
 };
 
-use crate::device::{DeviceChoice, pick};
 use crate::paths;
 
 /// Where the model comes from, shared by the commands that run one.
@@ -39,50 +38,33 @@ impl ModelArgs {
         }
     }
 
-    /// Loads the model (with its adapter) and tokenizer, saying which device it picked.
-    pub fn load(&self) -> Result<(CausalLm, Tokenizer, PathBuf)> {
-        let l = self.load_described()?;
-        Ok((l.model, l.tokenizer, l.path))
+    /// Loads the model (with its adapter), saying which device it picked and what it loaded.
+    pub fn load(&self) -> Result<LoadedModel> {
+        Ok(self.load_described()?.0)
     }
 
-    /// [`ModelArgs::load`], also saying what was loaded (for result files).
-    pub fn load_described(&self) -> Result<Loaded> {
+    /// [`ModelArgs::load`], also returning the device in words (for result files).
+    pub fn load_described(&self) -> Result<(LoadedModel, String)> {
         let path = self.model_path()?;
         let picked = pick(self.device)?;
         eprintln!("device: {}", picked.description);
         let t = Instant::now();
-        let mut model = load(&path, &picked.device).with_context(|| format!("loading {}", path.display()))?;
-        let mut adapter = None;
-        if let Some(dir) = &self.adapter {
-            let (m, file) =
-                model.load_adapters(dir).with_context(|| format!("loading adapter {}", dir.display()))?;
+        let loaded =
+            load_with_adapter(&path, self.adapter.as_deref(), &picked.device).with_context(|| match &self
+                .adapter
+            {
+                Some(a) => format!("loading {} with adapter {}", path.display(), a.display()),
+                None => format!("loading {}", path.display()),
+            })?;
+        if let (Some(file), Some(label)) = (&loaded.adapter, loaded.adapter_label()) {
             for w in &file.warnings {
                 eprintln!("warning: {w}");
             }
-            let method = &file.config.method;
-            let label = format!("{} r={}", method.kind.display_name(), method.r);
             eprintln!("adapter: {label} ({} modules)", file.modules().len());
-            adapter = Some(label);
-            model = m;
         }
-        let tokenizer = load_tokenizer(&path, &model.config.eos_token_ids)?;
         eprintln!("loaded {} in {:.1} s", path.display(), t.elapsed().as_secs_f64());
-        Ok(Loaded { model, tokenizer, path, adapter, device: picked.description })
+        Ok((loaded, picked.description))
     }
-}
-
-/// A loaded model and what it is.
-pub struct Loaded {
-    /// The model, adapter applied.
-    pub model: CausalLm,
-    /// Its tokenizer.
-    pub tokenizer: Tokenizer,
-    /// Where it came from.
-    pub path: PathBuf,
-    /// `<method> r=<r>` of the adapter, if one was applied.
-    pub adapter: Option<String>,
-    /// The device, in words.
-    pub device: String,
 }
 
 /// Arguments of `cargo xtask generate`.
@@ -121,7 +103,8 @@ pub struct GenerateArgs {
 
 /// Runs `generate`, streaming a single prompt to the terminal.
 pub fn run_generate(args: GenerateArgs) -> Result<()> {
-    let (model, tokenizer, _) = args.model.load()?;
+    let loaded = args.model.load()?;
+    let (model, tokenizer) = (&loaded.model, loaded.tokenizer()?);
     let prompts = args
         .prompt
         .iter()
@@ -152,7 +135,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     }
     let t = Instant::now();
     let mut stdout = std::io::stdout();
-    let out = generate(&model, &tokenizer, &prompts, &cfg, &mut |_, piece| {
+    let out = generate(model, tokenizer, &prompts, &cfg, &mut |_, piece| {
         if single {
             print!("{piece}");
             let _ = stdout.flush();
@@ -198,7 +181,8 @@ pub fn run_logits(args: LogitsArgs) -> Result<()> {
     if tokens.is_empty() {
         bail!("--tokens: give at least one id");
     }
-    let (model, _, _) = args.model.load()?;
+    // Token ids in, logits out: no tokenizer is read (a model saved alone has none).
+    let model = args.model.load()?.model;
     let logits = model.forward(&ForwardInput::single(&tokens), None)?;
     let [_, s, v] = logits.dims();
     let data =

@@ -6,7 +6,6 @@ mod bench_lm;
 mod bench_products;
 mod bench_train;
 mod cluster;
-mod device;
 mod efficiency;
 mod eval;
 mod lm;
@@ -55,7 +54,7 @@ enum Command {
     Device {
         /// auto (CUDA, then a real GPU through wgpu, then CPU), cpu, wgpu, cuda or cuda:N.
         #[arg(long, default_value = "auto")]
-        device: device::DeviceChoice,
+        device: idlora_models::DeviceChoice,
     },
     /// Benchmarks that print a table (criterion kernels: `cargo bench -p idlora-benches`).
     Bench {
@@ -116,7 +115,7 @@ fn main() -> Result<()> {
         Command::Generate(args) => lm::run_generate(args),
         Command::Logits(args) => lm::run_logits(args),
         Command::Device { device } => {
-            let picked = device::pick(device)?;
+            let picked = idlora_models::pick(device)?;
             println!("--device {device}: {} [{:?}]", picked.description, picked.device);
             Ok(())
         }

@@ -14,8 +14,8 @@ use idlora_train::trainer::{Outcome, RunPlan, StepMetrics, TrainOptions, train};
 use idlora_train::{Observer, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::device::{DeviceChoice, pick};
 use crate::paths;
+use idlora_models::{DeviceChoice, pick};
 
 /// The default run (`cargo xtask train` with no arguments).
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/train/smollm2-demo.toml");

@@ -69,6 +69,10 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+    /// No usable compute device.
+    #[cfg(feature = "flex")]
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     /// Bad input to a forward pass or to generation.
     #[error("{0}")]
     Input(String),

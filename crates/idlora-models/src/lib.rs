@@ -7,17 +7,23 @@
 
 pub mod adapters;
 pub mod config;
+#[cfg(feature = "flex")]
+pub mod device;
 pub mod error;
 #[cfg(feature = "flex")]
 pub mod generate;
 pub mod load;
+pub mod loaded;
 pub mod model;
 pub mod rope;
 pub mod tokenizer;
 
 pub use config::{Architecture, ModelConfig};
+#[cfg(feature = "flex")]
+pub use device::{DeviceChoice, DeviceError, Picked, pick};
 pub use error::{ModelError, Result};
 pub use generate::{Generation, SamplingConfig, StopReason, generate};
 pub use load::load;
+pub use loaded::{LoadedModel, load_with_adapter};
 pub use model::{CausalLm, ForwardInput, KvCache};
 pub use tokenizer::{ChatMessage, Tokenizer, load_tokenizer};

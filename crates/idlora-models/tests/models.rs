@@ -9,7 +9,7 @@ use idlora_adapter::params::Target;
 use idlora_adapter::{MethodConfig, MethodKind};
 use idlora_cluster::PmrcConfig;
 use idlora_models::adapters::BasesSource;
-use idlora_models::{CausalLm, ForwardInput, KvCache, ModelError, load};
+use idlora_models::{CausalLm, ForwardInput, KvCache, ModelError, load, load_with_adapter};
 use safetensors::SafeTensors;
 
 const CASES: [&str; 3] = ["llama_gqa_untied", "llama3_tied_rope_scaling", "mistral_sliding_window"];
@@ -149,6 +149,29 @@ fn adapters_at_initialisation_leave_logits_unchanged_and_round_trip() {
         None,
     );
     assert!(err.is_err());
+}
+
+#[test]
+fn load_with_adapter_applies_the_folder_and_reads_the_tokenizer_only_when_asked() {
+    let method = MethodConfig::new(MethodKind::Lora, 4);
+    let adapted = model("llama_gqa_untied").apply_adapters(&method, &Target::ALL, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = idlora_adapter::AdapterConfig::new(method, Target::ALL.iter().map(|t| t.to_string()).collect());
+    adapted.save_adapters(dir.path(), cfg).unwrap();
+
+    let base = fixtures().join("llama_gqa_untied");
+    let loaded = load_with_adapter(&base, Some(dir.path()), &Device::flex()).unwrap();
+    assert_eq!(loaded.adapter_label().as_deref(), Some("LoRA r=4"));
+    assert_eq!(loaded.adapter.as_ref().unwrap().modules().len(), 2 * 7);
+    assert_eq!(loaded.path, base);
+    // No tokenizer.json in this folder: loading succeeded, and only asking for it fails, by name.
+    let err = loaded.tokenizer().err().expect("the fixture has no tokenizer").to_string();
+    assert!(err.contains("tokenizer.json"), "{err}");
+    // A second ask tries again rather than caching the failure.
+    assert!(loaded.tokenizer().is_err());
+
+    let bare = load_with_adapter(&base, None, &Device::flex()).unwrap();
+    assert!(bare.adapter.is_none() && bare.adapter_label().is_none());
 }
 
 fn copy_case(case: &str) -> tempfile::TempDir {

@@ -1,20 +1,29 @@
-//! `--device auto|cpu|wgpu|cuda[:N]`: picking a burn device at run time.
+//! Picking a burn device at run time: `auto`, `cpu`, `wgpu`, `cuda` or `cuda:N`.
 //!
-//! Backends are cargo features of xtask: the CPU backend (burn's `flex`) is always built; `wgpu`
-//! and `cuda` are opt-in (`cargo run -p xtask --features wgpu -- ...`). A backend that was not
-//! built, or that finds no hardware, is an error naming the choice; `auto` tries CUDA, then wgpu
-//! on a real (discrete or integrated) GPU, then the CPU, and says which one it took.
+//! The CPU backend (burn's `flex`) is always built; `wgpu` and `cuda` are cargo features of this
+//! crate (xtask forwards its own features of the same names). A backend that was not built, or
+//! that finds no hardware, is an error naming the choice; `auto` tries CUDA, then wgpu on a real
+//! (discrete or integrated) GPU, then the CPU, and says which one it took and why.
+//!
+//! ```
+//! use idlora_models::device::{DeviceChoice, pick};
+//! let choice: DeviceChoice = "cpu".parse()?;
+//! let picked = pick(choice)?;
+//! assert!(picked.description.starts_with("CPU"));
+//! assert!("gpu".parse::<DeviceChoice>().is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor};
 
-/// What the user asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a user asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
     /// CUDA, then a real GPU through wgpu, then the CPU.
+    #[default]
     Auto,
     /// burn's `flex` CPU backend.
     Cpu,
@@ -24,9 +33,35 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+/// Why no device could be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The text is none of the accepted forms.
+    #[error("device `{0}`: expected auto, cpu, wgpu, cuda or cuda:N")]
+    Parse(String),
+    /// The backend was not compiled in.
+    #[error("device `{choice}`: this build has no {backend} backend; {how}")]
+    NotBuilt {
+        /// What was asked for.
+        choice: String,
+        /// The backend's name.
+        backend: &'static str,
+        /// How to build it.
+        how: &'static str,
+    },
+    /// The backend is built but the device did not answer (no driver, no adapter, wrong result).
+    #[error("{description} is not available: {reason}")]
+    Unavailable {
+        /// The device tried.
+        description: String,
+        /// What the backend said.
+        reason: String,
+    },
+}
+
 impl FromStr for DeviceChoice {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, DeviceError> {
         Ok(match s {
             "auto" => DeviceChoice::Auto,
             "cpu" => DeviceChoice::Cpu,
@@ -34,7 +69,7 @@ impl FromStr for DeviceChoice {
             "cuda" => DeviceChoice::Cuda(0),
             _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(n)) => DeviceChoice::Cuda(n),
-                _ => bail!("--device `{s}`: expected auto, cpu, wgpu, cuda or cuda:N"),
+                _ => return Err(DeviceError::Parse(s.to_string())),
             },
         })
     }
@@ -51,17 +86,33 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
+// Written and read as the same strings a command line takes, so a config's `train.device` and
+// `--device` accept exactly the same values.
+impl serde::Serialize for DeviceChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A device that answered a probe, and how to describe it.
+#[derive(Clone, Debug)]
 pub struct Picked {
-    /// The burn device.
+    /// The burn device (inference; call `.autodiff()` to train on it).
     pub device: Device,
     /// What it is, for the user.
     pub description: String,
 }
 
-/// Runs a tiny computation on `device`, turning a backend's panic (no adapter, no driver) into
-/// an error. Backends report a missing GPU by panicking at first use.
-fn probe(device: Device, description: String) -> Result<Picked> {
+/// Runs a tiny product on `device`, turning a backend's panic (no adapter, no driver) into an
+/// error: backends report a missing GPU by panicking at first use.
+fn probe(device: Device, description: String) -> Result<Picked, DeviceError> {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let dev = device.clone();
@@ -72,38 +123,43 @@ fn probe(device: Device, description: String) -> Result<Picked> {
     std::panic::set_hook(previous);
     match outcome {
         Ok(Some(v)) if v == [2.0; 4] => Ok(Picked { device, description }),
-        Ok(_) => bail!("{description}: a 2x2 test product gave a wrong answer"),
+        Ok(_) => Err(DeviceError::Unavailable {
+            description,
+            reason: "a 2x2 test product gave a wrong answer".into(),
+        }),
         Err(payload) => {
             let msg = payload
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "the backend panicked".into());
-            bail!("{description} is not available: {}", msg.lines().next().unwrap_or_default())
+            let reason = msg.lines().next().unwrap_or_default().to_string();
+            Err(DeviceError::Unavailable { description, reason })
         }
     }
 }
 
-fn cpu() -> Result<Picked> {
+fn cpu() -> Result<Picked, DeviceError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     probe(Device::flex(), format!("CPU (burn flex, {threads} threads)"))
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(n: usize) -> Result<Picked> {
+fn cuda(n: usize) -> Result<Picked, DeviceError> {
     probe(Device::cuda(n), format!("CUDA device {n}"))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_: usize) -> Result<Picked> {
-    bail!(
-        "--device cuda: this build has no CUDA backend; rebuild with `cargo run -p xtask \
-         --features cuda -- ...` (needs internet the first time: burn-cuda downloads an LLVM bundle)"
-    )
+fn cuda(n: usize) -> Result<Picked, DeviceError> {
+    Err(DeviceError::NotBuilt {
+        choice: DeviceChoice::Cuda(n).to_string(),
+        backend: "CUDA",
+        how: "rebuild with `--features cuda` (`cargo run -p xtask --features cuda -- ...`)",
+    })
 }
 
 #[cfg(feature = "wgpu")]
-fn wgpu(real_gpu_only: bool) -> Result<Picked> {
+fn wgpu(real_gpu_only: bool) -> Result<Picked, DeviceError> {
     use burn::tensor::DeviceKind;
     if !real_gpu_only {
         return probe(Device::wgpu(DeviceKind::DefaultDevice), "wgpu default adapter".into());
@@ -113,15 +169,17 @@ fn wgpu(real_gpu_only: bool) -> Result<Picked> {
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn wgpu(_: bool) -> Result<Picked> {
-    bail!(
-        "--device wgpu: this build has no wgpu backend; rebuild with `cargo run -p xtask --features wgpu -- ...`"
-    )
+fn wgpu(_: bool) -> Result<Picked, DeviceError> {
+    Err(DeviceError::NotBuilt {
+        choice: "wgpu".into(),
+        backend: "wgpu",
+        how: "rebuild with `--features wgpu` (`cargo run -p xtask --features wgpu -- ...`)",
+    })
 }
 
-/// Resolves the choice to a working device, checked with a tiny product. `auto` falls back to the
-/// CPU, which is always built.
-pub fn pick(choice: DeviceChoice) -> Result<Picked> {
+/// Resolves the choice to a working device, checked with a tiny product. `auto` falls back to
+/// the CPU, which is always built, and its description says what was tried first.
+pub fn pick(choice: DeviceChoice) -> Result<Picked, DeviceError> {
     match choice {
         DeviceChoice::Cpu => cpu(),
         DeviceChoice::Wgpu => wgpu(false),
@@ -150,6 +208,9 @@ mod tests {
         assert_eq!("auto".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Auto));
         assert_eq!("cuda:3".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Cuda(3)));
         assert_eq!("cuda".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Cuda(0)));
+        for good in ["auto", "cpu", "wgpu", "cuda:2"] {
+            assert_eq!(good.parse::<DeviceChoice>().map(|c| c.to_string()).ok().as_deref(), Some(good));
+        }
         for bad in ["gpu", "cuda:", "cuda:x", "CPU"] {
             let err = bad.parse::<DeviceChoice>().err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(bad) && err.contains("cuda:N"), "{bad}: {err}");
