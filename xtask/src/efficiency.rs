@@ -9,10 +9,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use clap::Args;
-use idlora_adapter::params::Target;
 use idlora_adapter::{MethodConfig, MethodKind};
 use idlora_cluster::{PmrcConfig, Selector};
 use idlora_models::adapters::BasesSource;
+use idlora_models::layout::Target;
 use idlora_models::{CausalLm, ForwardInput, KvCache};
 use serde::{Deserialize, Serialize};
 

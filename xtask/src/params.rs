@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use idlora_adapter::params::{ModelShape, Target};
 use idlora_adapter::{MethodConfig, MethodKind};
+use idlora_models::{ModelConfig, layout::Target};
 use serde_json::json;
 
 use crate::paths;
@@ -59,7 +59,7 @@ fn parse_experts(s: &str) -> Result<(usize, usize)> {
 /// Runs the command.
 pub fn run(args: ParamsArgs) -> Result<()> {
     let path = args.model_config.unwrap_or_else(|| paths::repo_root().join("configs/models/llama-3-8b.json"));
-    let shape = ModelShape::from_file(&path)?;
+    let shape = ModelConfig::from_hf_file(&path)?;
     let methods =
         args.methods.split(',').map(|m| m.trim().parse::<MethodKind>()).collect::<Result<Vec<_>, _>>()?;
     let ranks = args

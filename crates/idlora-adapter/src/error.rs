@@ -90,14 +90,6 @@ pub enum AdapterError {
         /// The key.
         key: String,
     },
-    /// A model config lacks a field needed to count parameters.
-    #[error("{path}: {message}")]
-    ModelConfig {
-        /// The config file (or `<memory>`).
-        path: PathBuf,
-        /// Which field and why.
-        message: String,
-    },
 }
 
 /// Shorthand for results of this crate.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use idlora_adapter::params::{ModelShape, Target, layer_params};
+use idlora_adapter::params::layer_params;
 use idlora_adapter::peft::{AdapterFile, HostTensor};
 use idlora_adapter::{AdaptedLinear, Adapter, AdapterError, BasisPath, MethodConfig, MethodKind};
 use idlora_cluster::select::{IndexSets, select_random};
@@ -398,30 +398,6 @@ fn base_is_frozen_and_adapter_trainable() {
 }
 
 #[test]
-fn table_6_is_reproduced_to_the_integer() {
-    let llama = ModelShape::from_file(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/models/llama-3-8b.json"),
-    )
-    .unwrap();
-    assert_eq!(llama.base_params(), 8_030_261_248);
-    let expected: [(usize, [usize; 5]); 5] = [
-        (8, [20_971_520, 22_347_776, 46_727_168, 88_866_816, 7_733_248]),
-        (16, [41_943_040, 43_319_296, 89_718_784, 172_752_896, 10_485_760]),
-        (32, [83_886_080, 85_262_336, 175_702_016, 340_525_056, 15_990_784]),
-        (64, [167_772_160, 169_148_416, 347_668_480, 676_069_376, 27_000_832]),
-        (128, [335_544_320, 336_920_576, 691_601_408, 1_347_158_016, 49_020_928]),
-    ];
-    let kinds =
-        [MethodKind::Lora, MethodKind::Dora, MethodKind::HydraLora, MethodKind::MoeLora, MethodKind::IdLora];
-    for (r, row) in expected {
-        for (kind, want) in kinds.iter().zip(row) {
-            let got = llama.trainable_params(&MethodConfig::new(*kind, r), &Target::ALL).unwrap();
-            assert_eq!(got, want, "{kind:?} r = {r}");
-        }
-    }
-}
-
-#[test]
 fn peft_lora_and_dora_match_peft_outputs_and_gradients() {
     let device = device();
     for kind in ["lora", "dora"] {
@@ -623,24 +599,12 @@ fn host_tensor_reports_shape() {
 }
 
 #[test]
-fn params_errors_and_parsing() {
-    assert_eq!(Target::parse_list("q,k,v,o,gate,up,down").unwrap(), Target::ALL.to_vec());
-    assert_eq!(Target::parse_list("q_proj, down").unwrap(), vec![Target::Q, Target::Down]);
-    assert!(Target::parse_list("q,x").unwrap_err().to_string().contains("`x`"));
+fn method_kinds_parse_by_any_spelling() {
     assert!(
         "lora".parse::<MethodKind>().is_ok()
             && "ID-LoRA".parse::<MethodKind>().unwrap() == MethodKind::IdLora
     );
-    let err = "{\"hidden_size\": 8}".parse::<ModelShape>().unwrap_err();
-    assert!(err.to_string().contains("intermediate_size"), "{err}");
-    let mut c = MethodConfig::new(MethodKind::IdLora, 3);
-    c.p = Some(8);
-    let shape: ModelShape = r#"{"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "vocab_size": 10}"#
-        .parse()
-        .unwrap();
-    let err = shape.trainable_params(&c, &[Target::Q]).unwrap_err();
-    assert!(err.to_string().contains("q_proj") && err.to_string().contains("k * r = 12"), "{err}");
+    assert!("lorax".parse::<MethodKind>().unwrap_err().to_string().contains("lorax"));
 }
 
 /// Every method's forward against a per-token loop in f64 over the tensors as saved in the file

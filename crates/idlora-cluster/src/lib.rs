@@ -31,6 +31,7 @@ mod error;
 pub mod flow;
 pub mod kmeans;
 pub mod lp;
+pub mod many;
 mod matrix;
 pub mod select;
 

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::layout::Target;
 use burn::module::Module;
-use idlora_adapter::params::Target;
 use idlora_adapter::{AdaptedLinear, AdapterConfig, AdapterFile, MethodConfig, MethodKind};
 use idlora_cluster::bases_file::BasesFile;
 use idlora_cluster::{IndexSets, PmrcConfig, RowMatrix, select_bases};

@@ -342,23 +342,6 @@ impl ModelConfig {
         layer.checked_mul(l)?.checked_add(embed)?.checked_add(head)?.checked_add(h)
     }
 
-    /// The shape facts parameter accounting needs (`cargo xtask params` reads the same from a
-    /// `config.json`).
-    pub fn shape(&self) -> idlora_adapter::params::ModelShape {
-        idlora_adapter::params::ModelShape {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_layers,
-            num_attention_heads: self.num_heads,
-            num_key_value_heads: Some(self.num_kv_heads),
-            head_dim: Some(self.head_dim),
-            vocab_size: self.vocab_size,
-            tie_word_embeddings: self.tie_word_embeddings,
-            attention_bias: self.attention_bias,
-            mlp_bias: self.mlp_bias,
-        }
-    }
-
     /// Number of query groups sharing one key/value head.
     pub fn kv_groups(&self) -> usize {
         self.num_heads / self.num_kv_heads

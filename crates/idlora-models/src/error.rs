@@ -73,6 +73,14 @@ pub enum ModelError {
     #[cfg(feature = "flex")]
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
+    /// A setting (targets, ...) has a value that is not accepted.
+    #[error("`{setting}`: {message}")]
+    Setting {
+        /// The setting at fault.
+        setting: &'static str,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
     /// Bad input to a forward pass or to generation.
     #[error("{0}")]
     Input(String),

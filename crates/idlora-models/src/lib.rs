@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 #[cfg(feature = "flex")]
 pub mod generate;
+pub mod layout;
 pub mod load;
 pub mod loaded;
 pub mod model;
@@ -23,6 +24,7 @@ pub use config::{Architecture, ModelConfig};
 pub use device::{DeviceChoice, DeviceError, Picked, pick};
 pub use error::{ModelError, Result};
 pub use generate::{Generation, SamplingConfig, StopReason, generate};
+pub use layout::Target;
 pub use load::load;
 pub use loaded::{LoadedModel, load_with_adapter};
 pub use model::{CausalLm, ForwardInput, KvCache};

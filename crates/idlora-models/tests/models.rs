@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
-use idlora_adapter::params::Target;
 use idlora_adapter::{MethodConfig, MethodKind};
 use idlora_cluster::PmrcConfig;
 use idlora_models::adapters::BasesSource;
+use idlora_models::layout::Target;
 use idlora_models::{CausalLm, ForwardInput, KvCache, ModelError, load, load_with_adapter};
 use safetensors::SafeTensors;
 
@@ -398,4 +398,51 @@ fn sentencepiece_gguf_tokenizer_matches_sentencepiece() {
         assert_eq!(tok.encode(text).unwrap(), with_bos, "{text:?}");
         assert_eq!(tok.decode(&want, true).unwrap(), case["decoded"].as_str().unwrap(), "{text:?}");
     }
+}
+
+#[test]
+fn table_6_is_reproduced_to_the_integer() {
+    let llama = idlora_models::ModelConfig::from_hf_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/models/llama-3-8b.json"),
+    )
+    .unwrap();
+    assert_eq!(llama.base_params(), 8_030_261_248);
+    let expected: [(usize, [usize; 5]); 5] = [
+        (8, [20_971_520, 22_347_776, 46_727_168, 88_866_816, 7_733_248]),
+        (16, [41_943_040, 43_319_296, 89_718_784, 172_752_896, 10_485_760]),
+        (32, [83_886_080, 85_262_336, 175_702_016, 340_525_056, 15_990_784]),
+        (64, [167_772_160, 169_148_416, 347_668_480, 676_069_376, 27_000_832]),
+        (128, [335_544_320, 336_920_576, 691_601_408, 1_347_158_016, 49_020_928]),
+    ];
+    let kinds =
+        [MethodKind::Lora, MethodKind::Dora, MethodKind::HydraLora, MethodKind::MoeLora, MethodKind::IdLora];
+    for (r, row) in expected {
+        for (kind, want) in kinds.iter().zip(row) {
+            let got = llama.trainable_params(&MethodConfig::new(*kind, r), &Target::ALL).unwrap();
+            assert_eq!(got, want, "{kind:?} r = {r}");
+        }
+    }
+}
+
+#[test]
+fn targets_parse_and_parameter_counts_name_the_layer_at_fault() {
+    assert_eq!(Target::parse_list("q,k,v,o,gate,up,down").unwrap(), Target::ALL.to_vec());
+    assert_eq!(
+        Target::parse_list("q_proj, self_attn.k_proj, down").unwrap(),
+        vec![Target::Q, Target::K, Target::Down]
+    );
+    assert!(Target::parse_list("q,x").unwrap_err().to_string().contains("`x`"));
+    assert_eq!(Target::Gate.weight_name(3), "model.layers.3.mlp.gate_proj.weight");
+    let err = idlora_models::ModelConfig::from_hf_json("{\"hidden_size\": 8}", "tiny").unwrap_err();
+    assert!(err.to_string().contains("intermediate_size"), "{err}");
+    let config = idlora_models::ModelConfig::from_hf_json(
+        r#"{"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "vocab_size": 10, "rms_norm_eps": 1e-5}"#,
+        "tiny",
+    )
+    .unwrap();
+    let mut c = MethodConfig::new(MethodKind::IdLora, 3);
+    c.p = Some(8);
+    let err = config.trainable_params(&c, &[Target::Q]).unwrap_err();
+    assert!(err.to_string().contains("q_proj") && err.to_string().contains("k * r = 12"), "{err}");
 }

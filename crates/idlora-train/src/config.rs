@@ -20,10 +20,10 @@
 
 use std::path::{Path, PathBuf};
 
-use idlora_adapter::params::Target;
 use idlora_adapter::{DropoutSite, MethodConfig, MethodKind};
 use idlora_cluster::{PmrcConfig, Selector};
 use idlora_data::{Columns, Format};
+use idlora_models::layout::Target;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError, config_err, io};

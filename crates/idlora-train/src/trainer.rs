@@ -437,7 +437,7 @@ pub fn train(
     let model = model.apply_adapters(&method, &targets, bases.as_ref().map(BasesSource::File))?;
     let mut model = with_stable_ids(model);
     let trainable = trainable_count(&model);
-    let expected = model.config.shape().trainable_params(&method, &targets)?;
+    let expected = model.config.trainable_params(&method, &targets)?;
 
     // Steps.
     let accum = cfg.grad_accum();
