@@ -1,17 +1,16 @@
 //! `cargo xtask cluster`: index sets for one tensor (JSON) or for every adapted matrix of a model
 //! (one safetensors file).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
-use idlora_cluster::bases_file::BasesFile;
 use idlora_cluster::{PmrcConfig, RowMatrix, Selector, select_bases};
+use idlora_models::Target;
+use idlora_models::clustering::{adapted_weight_names, cluster_checkpoint};
 use idlora_weights::Weights;
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::paths;
@@ -140,53 +139,6 @@ fn one_tensor(args: &ClusterArgs, weights: &Path, tensor: &str) -> Result<()> {
     Ok(())
 }
 
-/// Module path of each short target name, in Hugging Face's LLaMA/Mistral layout.
-const TARGETS: &[(&str, &str)] = &[
-    ("q", "self_attn.q_proj"),
-    ("k", "self_attn.k_proj"),
-    ("v", "self_attn.v_proj"),
-    ("o", "self_attn.o_proj"),
-    ("gate", "mlp.gate_proj"),
-    ("up", "mlp.up_proj"),
-    ("down", "mlp.down_proj"),
-];
-
-/// Resolves `q` or `q_proj` or `self_attn.q_proj` to the module path.
-pub fn target_module(name: &str) -> Result<&'static str> {
-    TARGETS
-        .iter()
-        .find(|(short, module)| name == *short || module.ends_with(&format!(".{name}")) || name == *module)
-        .map(|(_, m)| *m)
-        .with_context(|| {
-            let known: Vec<&str> = TARGETS.iter().map(|(s, _)| *s).collect();
-            format!("unknown target `{name}` (known: {})", known.join(", "))
-        })
-}
-
-/// Weight names of the adapted matrices, by layer then target order.
-fn adapted_matrices(w: &Weights, targets: &[String]) -> Result<Vec<String>> {
-    let modules: Vec<&str> = targets.iter().map(|t| target_module(t)).collect::<Result<_>>()?;
-    let names = w.tensor_names();
-    let mut found = Vec::new();
-    for layer in 0.. {
-        let prefix = format!("model.layers.{layer}.");
-        if !names.iter().any(|n| n.starts_with(&prefix)) {
-            break;
-        }
-        for m in &modules {
-            let name = format!("{prefix}{m}.weight");
-            if !names.contains(&name) {
-                bail!("{}: layer {layer} has no tensor `{name}`", w.path().display());
-            }
-            found.push(name);
-        }
-    }
-    if found.is_empty() {
-        bail!("{}: no `model.layers.N.*` tensors: not a LLaMA/Mistral-layout model", w.path().display());
-    }
-    Ok(found)
-}
-
 fn whole_model(args: &ClusterArgs) -> Result<()> {
     let model = match &args.model {
         Some(m) => m.clone(),
@@ -196,6 +148,7 @@ fn whole_model(args: &ClusterArgs) -> Result<()> {
             idlora_assets::fetch(&asset, &paths::cache_dir())?
         }
     };
+    let targets = Target::parse_list(&args.targets.join(","))?;
     let cfg = args.config();
     let out = args.out.clone().unwrap_or_else(|| {
         let stem =
@@ -205,16 +158,15 @@ fn whole_model(args: &ClusterArgs) -> Result<()> {
             .join(format!("{stem}.{}-k{}-r{}.bases.safetensors", cfg.selector, cfg.k, cfg.rank))
     });
     let w = Weights::open(&model)?;
-    let matrices = adapted_matrices(&w, &args.targets)?;
+    let matrices = adapted_weight_names(&w, &targets)?.len();
     eprintln!(
-        "clustering {} matrices of {} (k = {}, r = {}, n_init = {})",
-        matrices.len(),
+        "clustering {matrices} matrices of {} (k = {}, r = {}, n_init = {})",
         model.display(),
         cfg.k,
         cfg.rank,
         cfg.n_init
     );
-    let bar = ProgressBar::new(matrices.len() as u64);
+    let bar = ProgressBar::new(matrices as u64);
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} matrices, ETA {eta} {msg}",
@@ -222,40 +174,15 @@ fn whole_model(args: &ClusterArgs) -> Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let start = Instant::now();
-    let results: Vec<(String, idlora_cluster::Bases, f64)> = matrices
-        .par_iter()
-        .map(|name| -> Result<_> {
-            let t = Instant::now();
-            let (rows, cols, data) = w.read_matrix(name)?;
-            let x = RowMatrix::new(&data, rows, cols).with_context(|| format!("tensor `{name}`"))?;
-            let b =
-                select_bases(x, &cfg).with_context(|| format!("clustering `{name}` ({rows} x {cols})"))?;
-            bar.inc(1);
-            Ok((name.clone(), b, t.elapsed().as_secs_f64()))
-        })
-        .collect::<Result<_>>()?;
+    let mut file = cluster_checkpoint(&w, &targets, &cfg, &|done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    let mut sets = BTreeMap::new();
-    let mut inertia = BTreeMap::new();
-    for (name, b, _) in &results {
-        if let Some(c) = &b.clustering {
-            inertia.insert(name.clone(), c.inertia);
-        }
-        sets.insert(name.clone(), b.bases.clone());
-    }
-    let mut extra = BTreeMap::new();
-    extra.insert("source".into(), model.display().to_string());
-    extra.insert("targets".into(), args.targets.join(","));
-    extra.insert("seconds".into(), format!("{seconds:.3}"));
-    if !inertia.is_empty() {
-        extra.insert("inertia".into(), serde_json::to_string(&inertia)?);
-    }
-    BasesFile { sets, settings: cfg.clone(), extra }.save(&out)?;
-    let slowest = results.iter().map(|r| r.2).fold(0.0, f64::max);
+    file.extra.insert("seconds".into(), format!("{seconds:.3}"));
+    file.save(&out)?;
+    let slowest = file.extra.get("slowest_seconds").map(String::as_str).unwrap_or("?");
     println!(
-        "clustered {} matrices in {seconds:.1} s (slowest {slowest:.2} s) -> {}",
-        results.len(),
+        "clustered {} matrices in {seconds:.1} s (slowest {slowest} s) -> {}",
+        file.sets.len(),
         out.display()
     );
     Ok(())

@@ -7,7 +7,8 @@ use crate::layout::Target;
 use burn::module::Module;
 use idlora_adapter::{AdaptedLinear, AdapterConfig, AdapterFile, MethodConfig, MethodKind};
 use idlora_cluster::bases_file::BasesFile;
-use idlora_cluster::{IndexSets, PmrcConfig, RowMatrix, select_bases};
+use idlora_cluster::many::{OwnedMatrix, select_bases_many};
+use idlora_cluster::{IndexSets, PmrcConfig};
 
 use crate::error::{ModelError, Result};
 use crate::model::CausalLm;
@@ -142,12 +143,17 @@ impl CausalLm {
         cfg: &PmrcConfig,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<BasesFile> {
-        let wanted: Vec<&AdaptedLinear> =
-            self.projections().into_iter().filter(|(t, _)| targets.contains(t)).map(|(_, p)| p).collect();
-        let total = wanted.len();
-        let mut sets = BTreeMap::new();
-        for (i, proj) in wanted.into_iter().enumerate() {
-            let name = &proj.name;
+        let wanted: BTreeMap<String, &AdaptedLinear> = self
+            .projections()
+            .into_iter()
+            .filter(|(t, _)| targets.contains(t))
+            .map(|(_, p)| (format!("{}.weight", p.name), p))
+            .collect();
+        // Weights are read back one at a time on the worker that clusters them.
+        let names: Vec<String> = wanted.keys().cloned().collect();
+        let read = |name: &str| -> std::result::Result<OwnedMatrix, ModelError> {
+            let proj =
+                wanted.get(name).ok_or_else(|| ModelError::Input(format!("no projection `{name}`")))?;
             // Rows of W0 are output rows: transpose our input-major weight back.
             let w = proj.base.weight.val().transpose();
             let [rows, cols] = w.dims();
@@ -155,14 +161,9 @@ impl CausalLm {
                 .into_data()
                 .try_into_vec::<f32>()
                 .map_err(|e| ModelError::Input(format!("reading `{name}` back for clustering: {e:?}")))?;
-            let m = RowMatrix::new(&data, rows, cols)
-                .map_err(|source| ModelError::Cluster { name: name.clone(), source })?;
-            let b =
-                select_bases(m, cfg).map_err(|source| ModelError::Cluster { name: name.clone(), source })?;
-            sets.insert(format!("{name}.weight"), b.bases);
-            progress(i + 1, total);
-        }
-        Ok(BasesFile { sets, settings: cfg.clone(), extra: BTreeMap::new() })
+            Ok(OwnedMatrix { data, rows, cols })
+        };
+        Ok(select_bases_many(&names, read, cfg, progress)?)
     }
 
     /// Freezes the embedding, the norms and the head (adapter training leaves them as they are).

@@ -51,15 +51,9 @@ pub enum ModelError {
     /// An adapter could not be built or loaded.
     #[error(transparent)]
     Adapter(#[from] idlora_adapter::AdapterError),
-    /// Clustering for ID-LoRA failed.
-    #[error("clustering `{name}`: {source}")]
-    Cluster {
-        /// The weight.
-        name: String,
-        /// The cause.
-        #[source]
-        source: idlora_cluster::ClusterError,
-    },
+    /// Clustering for ID-LoRA failed (the error names the matrix).
+    #[error(transparent)]
+    Cluster(#[from] idlora_cluster::many::ManyError),
     /// Reading a file failed.
     #[error("{path}: {source}")]
     Io {

@@ -6,6 +6,7 @@
 //! tied or untied head. Every projection is an [`idlora_adapter::AdaptedLinear`].
 
 pub mod adapters;
+pub mod clustering;
 pub mod config;
 #[cfg(feature = "flex")]
 pub mod device;

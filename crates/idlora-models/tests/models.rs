@@ -446,3 +446,46 @@ fn targets_parse_and_parameter_counts_name_the_layer_at_fault() {
     let err = config.trainable_params(&c, &[Target::Q]).unwrap_err();
     assert!(err.to_string().contains("q_proj") && err.to_string().contains("k * r = 12"), "{err}");
 }
+
+#[test]
+fn whole_checkpoint_clustering_equals_each_matrix_alone_and_the_loaded_models() {
+    use idlora_cluster::{RowMatrix, select_bases};
+    use idlora_models::clustering::{adapted_weight_names, cluster_checkpoint};
+    let dir = fixtures().join("llama_gqa_untied");
+    let weights = idlora_weights::Weights::open(&dir).unwrap();
+    let targets = [Target::Q, Target::Down];
+    let cfg = PmrcConfig { k: 2, rank: 4, n_init: 2, ..PmrcConfig::default() };
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let file = cluster_checkpoint(&weights, &targets, &cfg, &|_, _| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })
+    .unwrap();
+    let names = adapted_weight_names(&weights, &targets).unwrap();
+    assert_eq!(names[..2], ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight"]);
+    assert_eq!(file.sets.len(), names.len());
+    assert_eq!(calls.into_inner(), names.len());
+    for name in &names {
+        let (rows, cols, data) = weights.read_matrix(name).unwrap();
+        let alone = select_bases(RowMatrix::new(&data, rows, cols).unwrap(), &cfg).unwrap();
+        assert_eq!(file.sets[name], alone.bases, "{name}");
+    }
+    assert_eq!(file.extra["targets"], "q_proj,down_proj");
+    // The loaded model reads its (transposed) weights back: the same sets.
+    let from_model = model("llama_gqa_untied").cluster_bases(&targets, &cfg, &|_, _| {}).unwrap();
+    assert_eq!(from_model.sets, file.sets);
+
+    // A checkpoint that lacks one target of one layer is an error naming the tensor.
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().filter(|(n, _)| n != "model.layers.1.mlp.down_proj.weight").collect();
+    safetensors::serialize_to_file(kept, None, &tmp.path().join("model.safetensors")).unwrap();
+    let partial = idlora_weights::Weights::open(tmp.path().join("model.safetensors")).unwrap();
+    let e = cluster_checkpoint(&partial, &targets, &cfg, &|_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("model.layers.1.mlp.down_proj.weight"), "{e}");
+    // A clustering that cannot be done names the matrix: k * rank above the rows.
+    let too_big = PmrcConfig { k: 64, rank: 64, ..cfg };
+    let e = cluster_checkpoint(&weights, &targets, &too_big, &|_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("model.layers.") && e.contains(".weight"), "{e}");
+}
