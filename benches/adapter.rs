@@ -12,7 +12,7 @@ use burn::module::Module;
 use burn::nn::LinearConfig;
 use burn::tensor::{Device, Distribution, Tensor};
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
-use idlora_adapter::{AdaptedLinear, MethodConfig, MethodKind};
+use idlora_adapter::{AdaptedLinear, IndexSets, MethodConfig, MethodKind};
 use idlora_cluster::select::select_random;
 
 const TOKENS: usize = 512;
@@ -23,7 +23,10 @@ fn layer(kind: Option<MethodKind>, d_in: usize, d_out: usize, r: usize, device: 
     let kind = kind.unwrap_or(MethodKind::Full);
     let cfg = MethodConfig::new(kind, r).with_dropout(0.0);
     // Random index sets cost the same as PMRC's: the forward only gathers them.
-    let sets = (kind == MethodKind::IdLora).then(|| select_random(d_out, cfg.k, r, 0).expect("k r <= d_out"));
+    let sets = (kind == MethodKind::IdLora).then(|| {
+        let chosen = select_random(d_out, cfg.k, r, 0).expect("k r <= d_out");
+        IndexSets::new(chosen.sets).expect("equal, non-empty sets")
+    });
     let layer = AdaptedLinear::new("bench", base, &cfg, sets.as_ref()).expect("valid bench settings");
     // The bare base is frozen too: its backward computes the input gradient only, as in a model.
     if kind == MethodKind::Full { AdaptedLinear { base: layer.base.no_grad(), ..layer } } else { layer }

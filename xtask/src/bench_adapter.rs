@@ -184,7 +184,9 @@ pub fn run_interleaved(args: InterleavedArgs) -> Result<()> {
                     .map(|&kind| {
                         let cfg = MethodConfig::new(kind, r).with_dropout(0.0);
                         let sets = (kind == MethodKind::IdLora)
-                            .then(|| select_random(d_out, cfg.k, r, 0))
+                            .then(|| -> Result<_> {
+                                Ok(idlora_adapter::IndexSets::new(select_random(d_out, cfg.k, r, 0)?.sets)?)
+                            })
                             .transpose()?;
                         let l = AdaptedLinear::new("bench", base.clone(), &cfg, sets.as_ref())?;
                         Ok(if backward { l } else { l.valid() })

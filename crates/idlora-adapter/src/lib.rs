@@ -4,6 +4,8 @@
 //!   adapter: [`Lora`], [`Dora`], [`HydraLora`], [`MoeLora`] or [`IdLora`]; without an adapter it
 //!   is the full-fine-tuning case. ID-LoRA's frozen bases are a gather from the base layer's output,
 //!   `A_i x = (W0 x)[S_i]` (METHOD.md section 2): they cost no FLOPs.
+//! * [`methods`] holds one file per method (module, initialisation, forward, merge, PEFT
+//!   tensors); [`Adapter`] only dispatches to them.
 //! * [`params`] counts trainable parameters exactly from shapes or a Hugging Face `config.json`
 //!   (the paper's Table 6).
 //! * [`peft`] reads and writes adapter folders in PEFT's layout.
@@ -23,14 +25,20 @@
 //! assert_eq!(layer.trainable_params(), 8 * (32 + 32));
 //! ```
 
+pub mod adapter;
 mod dropout;
 pub mod error;
+pub mod index_sets;
 pub mod layer;
 pub mod method;
+pub mod methods;
 pub mod params;
 pub mod peft;
 
+pub use adapter::Adapter;
 pub use error::{AdapterError, Result};
-pub use layer::{AdaptedLinear, Adapter, Dora, HydraLora, IdLora, Lora, MoeLora};
+pub use index_sets::IndexSets;
+pub use layer::AdaptedLinear;
 pub use method::{BasisPath, DropoutSite, MethodConfig, MethodKind};
+pub use methods::{Dora, HydraLora, IdLora, Lora, Method, MoeLora};
 pub use peft::{AdapterConfig, AdapterFile, HostTensor};

@@ -18,14 +18,15 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::nn::Linear;
-use burn::tensor::{Tensor, TensorData};
-use idlora_cluster::select::IndexSets;
+use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{Value, json};
 
+use crate::adapter::Adapter;
 use crate::error::{AdapterError, Result};
-use crate::layer::{AdaptedLinear, Adapter};
-use crate::method::{BasisPath, DropoutSite, MethodConfig, MethodKind};
+use crate::layer::AdaptedLinear;
+use crate::method::{MethodConfig, MethodKind};
+use crate::methods::transpose;
 
 /// The config file's name.
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -109,21 +110,11 @@ impl AdapterConfig {
         m
     }
 
-    fn peft_type(&self) -> &'static str {
-        match self.method.kind {
-            MethodKind::Lora | MethodKind::Dora => "LORA",
-            MethodKind::HydraLora => "HYDRALORA",
-            MethodKind::MoeLora => "MOELORA",
-            MethodKind::IdLora => "IDLORA",
-            MethodKind::Full => "FULL",
-        }
-    }
-
     /// The JSON PEFT expects (plus this crate's keys for its own methods).
     pub fn to_json(&self) -> Value {
         let m = &self.method;
         let mut obj = json!({
-            "peft_type": self.peft_type(),
+            "peft_type": Adapter::peft_type(m.kind),
             "task_type": "CAUSAL_LM",
             "r": m.r,
             "lora_alpha": m.alpha,
@@ -141,18 +132,7 @@ impl AdapterConfig {
             "alpha_pattern": self.alpha_pattern,
         });
         if let Value::Object(map) = &mut obj {
-            match m.kind {
-                MethodKind::HydraLora | MethodKind::MoeLora => {
-                    map.insert("num_experts".into(), json!(m.experts));
-                }
-                MethodKind::IdLora => {
-                    map.insert("k".into(), json!(m.k));
-                    map.insert("rank_boost".into(), json!(m.rank_boost));
-                    map.insert("p".into(), json!(m.parts()));
-                    map.insert("dropout_site".into(), json!(m.dropout_site));
-                }
-                _ => {}
-            }
+            Adapter::write_config(m, map);
         }
         obj
     }
@@ -166,75 +146,44 @@ impl AdapterConfig {
         let Value::Object(mut map) = value else {
             return Err(json_err("the top level is not a JSON object".into()));
         };
-        let mut take = |key: &str| map.remove(key);
-        let peft_type = match take("peft_type") {
+        let mut fields = ConfigFields { map: &mut map, path };
+        let peft_type = match fields.take("peft_type") {
             Some(Value::String(s)) => s,
             Some(other) => {
                 return Err(json_err(format!("field `peft_type`: expected a string, found {other}")));
             }
             None => return Err(json_err("missing field `peft_type`".into())),
         };
-        let usize_field = |v: Option<Value>, key: &str, default: Option<usize>| -> Result<usize> {
-            match v {
-                Some(Value::Number(n)) => n.as_u64().map(|n| n as usize).ok_or_else(|| {
-                    json_err(format!("field `{key}`: expected a non-negative integer, found {n}"))
-                }),
-                None | Some(Value::Null) => default.ok_or_else(|| json_err(format!("missing field `{key}`"))),
-                Some(other) => Err(json_err(format!("field `{key}`: expected an integer, found {other}"))),
-            }
-        };
-        let f64_field = |v: Option<Value>, key: &str, default: f64| -> Result<f64> {
-            match v {
-                Some(Value::Number(n)) => {
-                    n.as_f64().ok_or_else(|| json_err(format!("field `{key}`: expected a number, found {n}")))
-                }
-                None | Some(Value::Null) => Ok(default),
-                Some(other) => Err(json_err(format!("field `{key}`: expected a number, found {other}"))),
-            }
-        };
-        let bool_field = |v: Option<Value>, key: &str, default: bool| -> Result<bool> {
-            match v {
-                Some(Value::Bool(b)) => Ok(b),
-                None | Some(Value::Null) => Ok(default),
-                Some(other) => Err(json_err(format!("field `{key}`: expected true or false, found {other}"))),
-            }
-        };
-        let r = usize_field(take("r"), "r", None)?;
-        let use_dora = bool_field(take("use_dora"), "use_dora", false)?;
+        let r = fields.usize("r", None)?;
+        let use_dora = fields.bool("use_dora", false)?;
         let kind = match peft_type.as_str() {
             "LORA" if use_dora => MethodKind::Dora,
             "LORA" => MethodKind::Lora,
-            "HYDRALORA" => MethodKind::HydraLora,
-            "MOELORA" => MethodKind::MoeLora,
-            "IDLORA" => MethodKind::IdLora,
-            _ => {
-                return Err(AdapterError::WrongPeftType {
-                    path: path.to_path_buf(),
-                    found: peft_type,
-                    expected: "LORA (with or without use_dora), IDLORA, HYDRALORA or MOELORA".into(),
-                });
-            }
+            _ => match MethodKind::ALL.into_iter().find(|k| {
+                !matches!(k, MethodKind::Full | MethodKind::Lora | MethodKind::Dora)
+                    && Adapter::peft_type(*k) == peft_type
+            }) {
+                Some(kind) => kind,
+                None => {
+                    return Err(AdapterError::WrongPeftType {
+                        path: path.to_path_buf(),
+                        found: peft_type,
+                        expected: "LORA (with or without use_dora), IDLORA, HYDRALORA or MOELORA".into(),
+                    });
+                }
+            },
         };
         let mut method = MethodConfig::new(kind, r);
-        method.alpha = f64_field(take("lora_alpha"), "lora_alpha", 8.0)?;
-        method.dropout = f64_field(take("lora_dropout"), "lora_dropout", 0.0)?;
-        method.rslora = bool_field(take("use_rslora"), "use_rslora", false)?;
-        if matches!(kind, MethodKind::HydraLora | MethodKind::MoeLora) {
-            method.experts = usize_field(take("num_experts"), "num_experts", None)?;
-        }
-        if kind == MethodKind::IdLora {
-            method.k = usize_field(take("k"), "k", None)?;
-            method.rank_boost = bool_field(take("rank_boost"), "rank_boost", true)?;
-            method.p = Some(usize_field(take("p"), "p", Some(method.k))?);
-            method.dropout_site = match take("dropout_site") {
-                None | Some(Value::Null) => DropoutSite::Gathered,
-                Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
-                    json_err(format!("field `dropout_site`: expected \"gathered\" or \"input\", found {v}"))
-                })?,
-            };
-            method.basis = BasisPath::Gather;
-        }
+        method.alpha = fields.f64("lora_alpha", 8.0)?;
+        method.dropout = fields.f64("lora_dropout", 0.0)?;
+        method.rslora = fields.bool("use_rslora", false)?;
+        Adapter::read_config(&mut fields, &mut method)?;
         method.validate().map_err(|e| json_err(e.to_string()))?;
+        let mut take = |key: &str| map.remove(key);
+        let usize_field =
+            |v: Option<Value>, key: &str| -> Result<usize> { ConfigFields::as_usize(v, key, None, path) };
+        let f64_field =
+            |v: Option<Value>, key: &str| -> Result<f64> { ConfigFields::as_f64(v, key, 0.0, path) };
         let target_modules = match take("target_modules") {
             Some(Value::Array(items)) => items
                 .into_iter()
@@ -258,13 +207,13 @@ impl AdapterConfig {
         let mut rank_pattern = BTreeMap::new();
         if let Some(Value::Object(p)) = take("rank_pattern") {
             for (k, v) in p {
-                rank_pattern.insert(k.clone(), usize_field(Some(v), &format!("rank_pattern.{k}"), None)?);
+                rank_pattern.insert(k.clone(), usize_field(Some(v), &format!("rank_pattern.{k}"))?);
             }
         }
         let mut alpha_pattern = BTreeMap::new();
         if let Some(Value::Object(p)) = take("alpha_pattern") {
             for (k, v) in p {
-                alpha_pattern.insert(k.clone(), f64_field(Some(v), &format!("alpha_pattern.{k}"), 0.0)?);
+                alpha_pattern.insert(k.clone(), f64_field(Some(v), &format!("alpha_pattern.{k}"))?);
             }
         }
         // Keys that would change what the weights mean: only their default values are supported.
@@ -511,78 +460,140 @@ impl AdapterFile {
     /// Builds the adapted layer `name` over `base` from this file's settings and tensors.
     pub fn apply(&self, name: &str, base: Linear) -> Result<AdaptedLinear> {
         let method = self.config.method_for(name);
-        let prefix = format!("{KEY_PREFIX}{name}.");
-        let [d_in, d_out] = base.weight.dims();
-        let sets = if method.kind == MethodKind::IdLora {
-            let key = format!("{prefix}bases");
-            match self.get(&key)? {
-                HostTensor::I32 { shape, data } if shape.len() == 2 => {
-                    let (k, r) = (shape[0], shape[1]);
-                    Some(IndexSets::from_i32(data, k, r, d_out).map_err(|e| AdapterError::BadTensor {
-                        path: self.path.clone(),
-                        key: key.clone(),
-                        message: e.to_string(),
-                    })?)
-                }
-                t => {
-                    return Err(AdapterError::BadTensor {
-                        path: self.path.clone(),
-                        key,
-                        message: format!(
-                            "has shape {:?} ({}), expected [k, r] int32",
-                            t.shape(),
-                            dtype_name(t)
-                        ),
-                    });
-                }
-            }
-        } else {
-            None
+        let [_, d_out] = base.weight.dims();
+        let device = base.weight.val().device();
+        let tensors = LayerTensors { file: self, prefix: format!("{KEY_PREFIX}{name}."), device };
+        let sets = match method.kind {
+            MethodKind::IdLora => Some(crate::methods::idlora::index_sets(&tensors, d_out)?),
+            _ => None,
         };
         let mut layer = AdaptedLinear::new(name, base, &method, sets.as_ref())?;
-        let device = layer.base.weight.val().device();
-        let param = |key: &str, rows: usize, cols: usize| -> Result<Param<Tensor<2>>> {
-            // Files are out-major [rows, cols]; modules are input-major.
-            let data = transpose(self.f32(&format!("{prefix}{key}"), &[rows, cols])?, rows, cols);
-            Ok(Param::from_tensor(Tensor::from_data(TensorData::new(data, [cols, rows]), &device)))
-        };
-        let stacked =
-            |key: &str, n: usize, rows: usize, cols: usize, axis: usize| -> Result<Param<Tensor<2>>> {
-                let parts = (0..n)
-                    .map(|j| param(&format!("{key}.{j}.weight"), rows, cols).map(|p| p.val()))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Param::from_tensor(Tensor::cat(parts, axis).detach()))
-            };
-        match layer.adapter.as_mut() {
-            None => {}
-            Some(Adapter::Lora(l)) => {
-                l.a = param("lora_A.weight", method.r, d_in)?;
-                l.b = param("lora_B.weight", d_out, method.r)?;
-            }
-            Some(Adapter::Dora(d)) => {
-                d.lora.a = param("lora_A.weight", method.r, d_in)?;
-                d.lora.b = param("lora_B.weight", d_out, method.r)?;
-                let m = self.f32(&format!("{prefix}lora_magnitude_vector"), &[d_out])?;
-                d.magnitude =
-                    Param::from_tensor(Tensor::from_data(TensorData::new(m.to_vec(), [d_out]), &device));
-            }
-            Some(Adapter::HydraLora(h)) => {
-                h.a = param("lora_A.weight", method.r, d_in)?;
-                h.b = stacked("lora_B", h.heads, d_out, method.r, 0)?;
-                h.router = param("lora_route.weight", h.heads, d_in)?;
-            }
-            Some(Adapter::MoeLora(m)) => {
-                m.a = stacked("lora_A", m.experts, method.r, d_in, 1)?;
-                m.b = stacked("lora_B", m.experts, d_out, method.r, 0)?;
-                m.router = param("lora_route.weight", m.experts, d_in)?;
-            }
-            Some(Adapter::IdLora(id)) => {
-                let [b_in, b_out] = id.b.dims();
-                id.b = param("lora_B.weight", b_out, b_in)?;
-                id.router = param("lora_route.weight", id.k, d_in)?;
-            }
+        if let Some(adapter) = layer.adapter.as_mut() {
+            adapter.import(&tensors)?;
         }
         Ok(layer)
+    }
+}
+
+/// The `adapter_config.json` object being read, for the methods' own keys
+/// ([`crate::methods::Method::read_config`]). Errors name the file and the field.
+pub struct ConfigFields<'a> {
+    map: &'a mut serde_json::Map<String, Value>,
+    path: &'a Path,
+}
+
+impl ConfigFields<'_> {
+    /// Removes and returns a key's value.
+    pub fn take(&mut self, key: &str) -> Option<Value> {
+        self.map.remove(key)
+    }
+
+    /// An error about this file.
+    pub fn error(&self, message: String) -> AdapterError {
+        AdapterError::Json { path: self.path.to_path_buf(), message }
+    }
+
+    fn as_usize(v: Option<Value>, key: &str, default: Option<usize>, path: &Path) -> Result<usize> {
+        let err = |message: String| AdapterError::Json { path: path.to_path_buf(), message };
+        match v {
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| err(format!("field `{key}`: expected a non-negative integer, found {n}"))),
+            None | Some(Value::Null) => default.ok_or_else(|| err(format!("missing field `{key}`"))),
+            Some(other) => Err(err(format!("field `{key}`: expected an integer, found {other}"))),
+        }
+    }
+
+    fn as_f64(v: Option<Value>, key: &str, default: f64, path: &Path) -> Result<f64> {
+        let err = |message: String| AdapterError::Json { path: path.to_path_buf(), message };
+        match v {
+            Some(Value::Number(n)) => {
+                n.as_f64().ok_or_else(|| err(format!("field `{key}`: expected a number, found {n}")))
+            }
+            None | Some(Value::Null) => Ok(default),
+            Some(other) => Err(err(format!("field `{key}`: expected a number, found {other}"))),
+        }
+    }
+
+    /// A non-negative integer; absent or null gives `default` (an error when `None`).
+    pub fn usize(&mut self, key: &str, default: Option<usize>) -> Result<usize> {
+        let v = self.take(key);
+        Self::as_usize(v, key, default, self.path)
+    }
+
+    /// A number; absent or null gives `default`.
+    pub fn f64(&mut self, key: &str, default: f64) -> Result<f64> {
+        let v = self.take(key);
+        Self::as_f64(v, key, default, self.path)
+    }
+
+    /// A boolean; absent or null gives `default`.
+    pub fn bool(&mut self, key: &str, default: bool) -> Result<bool> {
+        match self.take(key) {
+            Some(Value::Bool(b)) => Ok(b),
+            None | Some(Value::Null) => Ok(default),
+            Some(other) => Err(self.error(format!("field `{key}`: expected true or false, found {other}"))),
+        }
+    }
+}
+
+/// One layer's tensors in an [`AdapterFile`], read into module parameters
+/// ([`crate::methods::Method::import`]): files are out-major, modules input-major.
+pub struct LayerTensors<'a> {
+    file: &'a AdapterFile,
+    prefix: String,
+    device: Device,
+}
+
+impl LayerTensors<'_> {
+    /// An error about tensor `suffix` of this layer.
+    pub fn bad(&self, suffix: &str, message: String) -> AdapterError {
+        AdapterError::BadTensor {
+            path: self.file.path.clone(),
+            key: format!("{}{suffix}", self.prefix),
+            message,
+        }
+    }
+
+    /// The float file tensor `suffix` of shape `[rows, cols]` as an input-major `[cols, rows]`
+    /// parameter.
+    pub fn param(&self, suffix: &str, rows: usize, cols: usize) -> Result<Param<Tensor<2>>> {
+        let data = transpose(self.file.f32(&format!("{}{suffix}", self.prefix), &[rows, cols])?, rows, cols);
+        Ok(Param::from_tensor(Tensor::from_data(TensorData::new(data, [cols, rows]), &self.device)))
+    }
+
+    /// `n` tensors `{key}.{j}.weight` of shape `[rows, cols]`, each transposed and joined along
+    /// `axis` of the module layout.
+    pub fn stacked(
+        &self,
+        key: &str,
+        n: usize,
+        rows: usize,
+        cols: usize,
+        axis: usize,
+    ) -> Result<Param<Tensor<2>>> {
+        let parts = (0..n)
+            .map(|j| self.param(&format!("{key}.{j}.weight"), rows, cols).map(|p| p.val()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Param::from_tensor(Tensor::cat(parts, axis).detach()))
+    }
+
+    /// The float vector `suffix` of length `n`.
+    pub fn vector(&self, suffix: &str, n: usize) -> Result<Param<Tensor<1>>> {
+        let data = self.file.f32(&format!("{}{suffix}", self.prefix), &[n])?;
+        Ok(Param::from_tensor(Tensor::from_data(TensorData::new(data.to_vec(), [n]), &self.device)))
+    }
+
+    /// The integer tensor `suffix`: its shape and values.
+    pub fn i32(&self, suffix: &str) -> Result<(&[usize], &[i32])> {
+        match self.file.get(&format!("{}{suffix}", self.prefix))? {
+            HostTensor::I32 { shape, data } => Ok((shape, data)),
+            t => {
+                Err(self
+                    .bad(suffix, format!("has shape {:?} ({}), expected int32", t.shape(), dtype_name(t))))
+            }
+        }
     }
 }
 
@@ -593,73 +604,10 @@ fn dtype_name(t: &HostTensor) -> &'static str {
     }
 }
 
-/// Transposes a row-major `[rows, cols]` matrix.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; data.len()];
-    for i in 0..rows {
-        for j in 0..cols {
-            out[j * rows + i] = data[i * cols + j];
-        }
-    }
-    out
-}
-
-fn host(t: Tensor<2>, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-    let [rows, cols] = t.dims();
-    let data = t.into_data().try_into_vec::<f32>().map_err(|e| AdapterError::BadTensor {
-        path: "<memory>".into(),
-        key: name.to_string(),
-        message: format!("cannot be read back as f32: {e:?}"),
-    })?;
-    Ok((vec![rows, cols], data))
-}
-
-/// Module tensor `[rows_in, cols_out]` (input-major) to a file tensor `[cols_out, rows_in]`.
-fn out_major(t: Tensor<2>, name: &str) -> Result<HostTensor> {
-    let (shape, data) = host(t, name)?;
-    Ok(HostTensor::F32 { shape: vec![shape[1], shape[0]], data: transpose(&data, shape[0], shape[1]) })
-}
-
-/// The adapter tensors of one layer by key suffix.
+/// The adapter tensors of one layer by key suffix (none for full fine-tuning).
 pub fn export(layer: &AdaptedLinear) -> Result<Vec<(String, HostTensor)>> {
-    let name = &layer.name;
-    let mut out = Vec::new();
-    let split = |t: Tensor<2>, n: usize, axis: usize| -> Vec<Tensor<2>> { t.chunk(n, axis) };
     match &layer.adapter {
-        None => {}
-        Some(Adapter::Lora(l)) => {
-            out.push(("lora_A.weight".into(), out_major(l.a.val(), name)?));
-            out.push(("lora_B.weight".into(), out_major(l.b.val(), name)?));
-        }
-        Some(Adapter::Dora(d)) => {
-            out.push(("lora_A.weight".into(), out_major(d.lora.a.val(), name)?));
-            out.push(("lora_B.weight".into(), out_major(d.lora.b.val(), name)?));
-            let m = d.magnitude.val();
-            let n = m.dims()[0];
-            let (_, data) = host(m.reshape([1, n]), name)?;
-            out.push(("lora_magnitude_vector".into(), HostTensor::F32 { shape: vec![n], data }));
-        }
-        Some(Adapter::HydraLora(h)) => {
-            out.push(("lora_A.weight".into(), out_major(h.a.val(), name)?));
-            for (j, b) in split(h.b.val(), h.heads, 0).into_iter().enumerate() {
-                out.push((format!("lora_B.{j}.weight"), out_major(b, name)?));
-            }
-            out.push(("lora_route.weight".into(), out_major(h.router.val(), name)?));
-        }
-        Some(Adapter::MoeLora(m)) => {
-            for (j, a) in split(m.a.val(), m.experts, 1).into_iter().enumerate() {
-                out.push((format!("lora_A.{j}.weight"), out_major(a, name)?));
-            }
-            for (j, b) in split(m.b.val(), m.experts, 0).into_iter().enumerate() {
-                out.push((format!("lora_B.{j}.weight"), out_major(b, name)?));
-            }
-            out.push(("lora_route.weight".into(), out_major(m.router.val(), name)?));
-        }
-        Some(Adapter::IdLora(id)) => {
-            out.push(("lora_B.weight".into(), out_major(id.b.val(), name)?));
-            out.push(("lora_route.weight".into(), out_major(id.router.val(), name)?));
-            out.push(("bases".into(), HostTensor::I32 { shape: vec![id.k, id.r], data: id.sets.to_i32() }));
-        }
+        Some(adapter) => adapter.export(&layer.name),
+        None => Ok(Vec::new()),
     }
-    Ok(out)
 }

@@ -11,8 +11,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use idlora_adapter::params::layer_params;
 use idlora_adapter::peft::{AdapterFile, HostTensor};
-use idlora_adapter::{AdaptedLinear, Adapter, AdapterError, BasisPath, MethodConfig, MethodKind};
-use idlora_cluster::select::{IndexSets, select_random};
+use idlora_adapter::{AdaptedLinear, Adapter, AdapterError, BasisPath, IndexSets, MethodConfig, MethodKind};
+use idlora_cluster::select::select_random;
 use safetensors::SafeTensors;
 
 fn fixtures() -> PathBuf {
@@ -49,7 +49,7 @@ fn cfg(kind: MethodKind, r: usize) -> MethodConfig {
 }
 
 fn sets(rows: usize, k: usize, r: usize, seed: u64) -> IndexSets {
-    select_random(rows, k, r, seed).unwrap()
+    IndexSets::new(select_random(rows, k, r, seed).unwrap().sets).unwrap()
 }
 
 /// Replaces every zero-initialised `B` (and the rest of the adapter) by random values, so that
@@ -291,7 +291,7 @@ fn rank_boosting_hand_computed_case() {
     let mut c = cfg(MethodKind::IdLora, 1);
     c.k = 2;
     c.alpha = 1.0;
-    let s = IndexSets { rank: 1, sets: vec![vec![0], vec![3]] };
+    let s = IndexSets::new(vec![vec![0], vec![3]]).unwrap();
     let mut layer = AdaptedLinear::new("hand", lin, &c, Some(&s)).unwrap();
     let Some(Adapter::IdLora(id)) = layer.adapter.as_mut() else { unreachable!() };
     assert_eq!(id.b.dims(), [1, 2], "B is stored input-major: [k r / p, d_out / p]");
@@ -327,7 +327,7 @@ fn invalid_settings_are_errors_naming_the_layer() {
     assert!(err.to_string().contains("index sets"), "{err}");
     let err = AdaptedLinear::new("v", base(4, 8, false, &device), &c, Some(&sets(8, 2, 2, 0))).unwrap_err();
     assert!(err.to_string().contains("r = 3"), "{err}");
-    let out_of_range = IndexSets { rank: 3, sets: vec![vec![0, 1, 2], vec![3, 4, 9]] };
+    let out_of_range = IndexSets::new(vec![vec![0, 1, 2], vec![3, 4, 9]]).unwrap();
     let err = AdaptedLinear::new("v", base(4, 8, false, &device), &c, Some(&out_of_range)).unwrap_err();
     assert!(err.to_string().contains("row 9"), "{err}");
     let mut z = cfg(MethodKind::Lora, 0);
@@ -702,7 +702,7 @@ fn forward_matches_a_per_token_loop_over_the_formulas() {
                     let w = softmax(mv(&mat("lora_route.weight"), xt));
                     // u = [w_1 A_1 x; ...; w_k A_k x] with A_i = W0[S_i, :] (rows of the out-major W0).
                     let u: Vec<f64> = sets
-                        .sets
+                        .sets()
                         .iter()
                         .enumerate()
                         .flat_map(|(i, set)| set.iter().map(move |&row| (i, row as usize)))

@@ -5,10 +5,11 @@ use std::path::Path;
 
 use crate::layout::Target;
 use burn::module::Module;
+use idlora_adapter::IndexSets;
 use idlora_adapter::{AdaptedLinear, AdapterConfig, AdapterFile, MethodConfig, MethodKind};
+use idlora_cluster::PmrcConfig;
 use idlora_cluster::bases_file::BasesFile;
 use idlora_cluster::many::{OwnedMatrix, select_bases_many};
-use idlora_cluster::{IndexSets, PmrcConfig};
 
 use crate::error::{ModelError, Result};
 use crate::model::CausalLm;
@@ -118,7 +119,7 @@ impl CausalLm {
                     let sets = file.sets.get(&key).ok_or_else(|| {
                         ModelError::Input(format!("the bases file has no index sets for `{key}`"))
                     })?;
-                    out.insert(name.clone(), sets.clone());
+                    out.insert(name.clone(), IndexSets::new(sets.sets.clone())?);
                 }
             }
             BasesSource::Cluster(cfg, progress) => {
@@ -126,7 +127,7 @@ impl CausalLm {
                 let file = self.cluster_bases(targets, &cfg, progress)?;
                 for (name, _) in &wanted {
                     if let Some(sets) = file.sets.get(&format!("{name}.weight")) {
-                        out.insert(name.clone(), sets.clone());
+                        out.insert(name.clone(), IndexSets::new(sets.sets.clone())?);
                     }
                 }
             }
