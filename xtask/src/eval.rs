@@ -1,16 +1,16 @@
 //! `cargo xtask eval`: the paper's benchmarks on a model (and adapter), result files and tables;
 //! `eval efficiency` (paper section 5.4) and `eval combine`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use idlora_data::write_atomic;
+use idlora_eval::benchmark::{self, DataSources, EvalContext};
 use idlora_eval::report::{EvalReport, comparison_table};
 use idlora_eval::sandbox::{Sandbox, SandboxConfig};
 use idlora_eval::task::{ChoiceFormat, EvalSettings, TaskResult};
-use idlora_eval::{cqa, gsm8k, hexphi, humaneval, mmlu};
 use idlora_models::SamplingConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -35,9 +35,6 @@ enum EvalCommand {
     /// One comparison table (methods as rows) from several runs' `results.json`.
     Combine(CombineArgs),
 }
-
-/// The benchmarks `--tasks` knows.
-const TASKS: [&str; 6] = ["mmlu", "cqa", "gsm8k", "humaneval", "hexphi", "humaneval-canonical"];
 
 #[derive(Args)]
 struct RunArgs {
@@ -151,13 +148,6 @@ fn combine(args: CombineArgs) -> Result<()> {
     Ok(())
 }
 
-fn asset(asset: &idlora_assets::Asset, given: &Option<PathBuf>) -> Result<PathBuf> {
-    match given {
-        Some(p) => Ok(p.clone()),
-        None => Ok(idlora_assets::fetch(asset, &paths::cache_dir())?),
-    }
-}
-
 fn bar(task: &str) -> ProgressBar {
     let bar = ProgressBar::new(1);
     bar.set_style(
@@ -169,15 +159,20 @@ fn bar(task: &str) -> ProgressBar {
 }
 
 fn run_benchmarks(args: RunArgs) -> Result<()> {
-    for t in &args.tasks {
-        if !TASKS.contains(&t.as_str()) {
-            bail!("unknown task `{t}` (known: {})", TASKS.join(", "));
-        }
-    }
-    if args.tasks.iter().any(|t| t == "hexphi") && args.hexphi_data.is_none() {
-        bail!(
-            "hexphi needs --hexphi-data (the HEx-PHI folder of category_*.csv files; the dataset is gated, so it is not packaged)"
-        );
+    let benchmarks = benchmark::select(&args.tasks)?;
+    let data = DataSources {
+        cache: paths::cache_dir(),
+        gsm8k: args.gsm8k_data.clone(),
+        gsm8k_fewshot: args.gsm8k_fewshot.clone(),
+        humaneval: args.humaneval_data.clone(),
+        mmlu: args.mmlu_data.clone(),
+        mmlu_split: args.mmlu_split.clone(),
+        cqa: args.cqa_data.clone(),
+        hexphi: args.hexphi_data.clone(),
+    };
+    // Check data paths first, so that a typo fails before minutes of loading.
+    for b in &benchmarks {
+        b.check(&data)?;
     }
     let settings = EvalSettings {
         limit: args.limit,
@@ -195,23 +190,7 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
         samples: args.samples.max(1),
         choice_format: args.choice_format,
     };
-    // Everything but the canonical HumanEval check needs the model: check data paths first so
-    // that a typo fails before minutes of loading.
-    for (given, name) in [
-        (&args.gsm8k_data, "--gsm8k-data"),
-        (&args.gsm8k_fewshot, "--gsm8k-fewshot"),
-        (&args.humaneval_data, "--humaneval-data"),
-        (&args.mmlu_data, "--mmlu-data"),
-        (&args.cqa_data, "--cqa-data"),
-        (&args.hexphi_data, "--hexphi-data"),
-    ] {
-        if let Some(p) = given
-            && !p.exists()
-        {
-            bail!("{name} {}: no such file or folder", p.display());
-        }
-    }
-    let needs_model = args.tasks.iter().any(|t| t != "humaneval-canonical");
+    let needs_model = benchmarks.iter().any(|b| b.needs_model());
     let loaded = if needs_model { Some(args.model.load_described()?) } else { None };
     let label = args.label.clone().unwrap_or_else(|| match &loaded {
         Some((l, _)) => l.adapter_label().unwrap_or_else(|| "base".to_string()),
@@ -232,7 +211,7 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
         finished_unix: 0,
         tasks: Vec::new(),
     };
-    let sandbox = if args.tasks.iter().any(|t| t.starts_with("humaneval")) {
+    let sandbox = if benchmarks.iter().any(|b| b.needs_sandbox()) {
         let sb = Sandbox::new(SandboxConfig {
             timeout: std::time::Duration::from_secs_f64(args.timeout_s.max(0.1)),
             memory_mib: args.memory_mib,
@@ -247,46 +226,21 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
     } else {
         None
     };
-    for task in &args.tasks {
+    for benchmark in &benchmarks {
+        let task = benchmark.name();
         let b = bar(task);
         let progress = |d: usize, t: usize| {
             b.set_length(t as u64);
             b.set_position(d as u64);
         };
         let t0 = Instant::now();
-        let result: TaskResult = match (task.as_str(), loaded.as_ref().map(|(l, _)| l), sandbox.as_ref()) {
-            ("humaneval-canonical", _, Some(sb)) => {
-                let data = humaneval::load(&asset(&idlora_assets::HUMANEVAL, &args.humaneval_data)?)?;
-                let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-                humaneval::check_canonical(sb, &data, &settings, threads, &progress)?
-            }
-            ("humaneval", Some(l), Some(sb)) => {
-                let data = humaneval::load(&asset(&idlora_assets::HUMANEVAL, &args.humaneval_data)?)?;
-                humaneval::run(&l.model, l.tokenizer()?, &data, &settings, sb, &progress)?
-            }
-            ("gsm8k", Some(l), _) => {
-                let mut data = gsm8k::load(&asset(&idlora_assets::GSM8K_TEST, &args.gsm8k_data)?)?;
-                if let Some(f) = &args.gsm8k_fewshot {
-                    data = data.with_exemplars(&gsm8k::load(f)?);
-                }
-                report_malformed(&data.path, &data.malformed);
-                gsm8k::run(&l.model, l.tokenizer()?, &data, &settings, &progress)?
-            }
-            ("mmlu", Some(l), _) => {
-                let data = mmlu::load(&asset(&idlora_assets::MMLU, &args.mmlu_data)?, &args.mmlu_split)?;
-                mmlu::run(&l.model, l.tokenizer()?, &data, &settings, &progress)?
-            }
-            ("cqa", Some(l), _) => {
-                let data = cqa::load(&asset(&idlora_assets::COMMONSENSE_QA, &args.cqa_data)?)?;
-                cqa::run(&l.model, l.tokenizer()?, &data, &settings, &progress)?
-            }
-            ("hexphi", Some(l), _) => {
-                let path = args.hexphi_data.as_ref().context("hexphi needs --hexphi-data")?;
-                let data = hexphi::load(path)?;
-                hexphi::run(&l.model, l.tokenizer()?, &data, &settings, &progress)?
-            }
-            (other, _, _) => bail!("task `{other}` cannot run here"),
+        let ctx = EvalContext {
+            model: loaded.as_ref().map(|(l, _)| l),
+            settings: &settings,
+            sandbox: sandbox.as_ref(),
+            progress: &progress,
         };
+        let result: TaskResult = benchmark.run(&data, &ctx)?;
         b.finish_and_clear();
         eprintln!(
             "{task}: {} {:.1}% on {} items ({:.0} s)",
@@ -316,17 +270,6 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
         bail!("{} canonical HumanEval solutions failed:\n{}", failed.len(), failed.join("\n"));
     }
     Ok(())
-}
-
-fn report_malformed(path: &Path, malformed: &[String]) {
-    if !malformed.is_empty() {
-        eprintln!(
-            "{}: {} rows skipped as malformed; first: {}",
-            path.display(),
-            malformed.len(),
-            malformed[0]
-        );
-    }
 }
 
 fn unix_now() -> u64 {

@@ -5,6 +5,7 @@
 //!   unbiased pass@k ([`passk`]).
 //! - [`mmlu`] and [`cqa`]: multiple choice by log-likelihood ([`choice`], [`loglik`]).
 //! - [`hexphi`]: refusal rate on harmful instructions by refusal-phrase matching.
+//! - [`benchmark`]: the registry, every benchmark behind one trait, found by name.
 //! - [`report`]: JSON result files, Markdown tables, comparison of runs.
 //!
 //! ```
@@ -13,6 +14,7 @@
 //! assert_eq!(gsm8k::extract_answer("so she makes $18 a day.\n#### 18"), Some("18".into()));
 //! ```
 
+pub mod benchmark;
 pub mod choice;
 pub mod cqa;
 pub mod error;
