@@ -15,7 +15,6 @@ use idlora_train::{Observer, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::paths;
-use idlora_models::{DeviceChoice, pick};
 
 /// The default run (`cargo xtask train` with no arguments).
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/train/smollm2-demo.toml");
@@ -108,7 +107,7 @@ impl Observer for Progress {
 }
 
 fn samples(model: &CausalLm, tokenizer: &Tokenizer, cfg: &TrainConfig) -> Result<Vec<String>> {
-    let template = cfg.template()?;
+    let template = cfg.data.template;
     let inference = burn::module::Module::valid(model);
     let mut out = Vec::new();
     for p in &cfg.sample.prompts {
@@ -176,19 +175,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         s.path = resolve(&s.path, &format!("data.sources[{i}].path"))?;
     }
     cfg.check_files()?;
-    let choice: DeviceChoice =
-        cfg.train.device.parse().map_err(|e| anyhow::anyhow!("config `train.device`: {e}"))?;
-    let picked = pick(choice)?;
-    eprintln!("device: {}", picked.description);
-    let device = picked.device.autodiff();
-    let mut replicas = Vec::new();
-    for (i, name) in cfg.train.extra_devices.iter().enumerate() {
-        let choice: DeviceChoice =
-            name.parse().map_err(|e| anyhow::anyhow!("config `train.extra_devices[{i}]`: {e}"))?;
-        let extra = pick(choice).with_context(|| format!("config `train.extra_devices[{i}]`"))?;
-        eprintln!("data-parallel replica {}: {}", i + 1, extra.description);
-        replicas.push(extra.device.autodiff());
+    let devices = idlora_train::devices::pick_devices(&cfg)?;
+    eprintln!("device: {}", devices.main_description);
+    for (i, d) in devices.replica_descriptions.iter().enumerate() {
+        eprintln!("data-parallel replica {}: {d}", i + 1);
     }
+    let (device, replicas) = (devices.main, devices.replicas);
     let t = Instant::now();
     let model_path = PathBuf::from(&cfg.model.path);
     let model = load(&model_path, &device).with_context(|| format!("loading {}", model_path.display()))?;

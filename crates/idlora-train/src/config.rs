@@ -21,10 +21,11 @@
 use std::path::{Path, PathBuf};
 
 use idlora_adapter::{DropoutSite, MethodConfig, MethodKind};
-use idlora_cluster::{PmrcConfig, Selector};
+use idlora_cluster::{AssignmentSolver, PmrcConfig, Selector};
 use idlora_data::{Columns, Format};
+use idlora_models::DeviceChoice;
 use idlora_models::layout::Target;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Result, TrainError, config_err, io};
 
@@ -66,7 +67,7 @@ pub struct ModelSection {
 #[serde(deny_unknown_fields, default)]
 pub struct MethodSection {
     /// `full`, `lora`, `dora`, `hydralora`, `moelora` or `idlora`.
-    pub kind: String,
+    pub kind: MethodKind,
     /// Rank `r` (ID-LoRA: rows per cluster).
     pub r: usize,
     /// Scale numerator (`alpha / r`); default `2 r` as in the paper.
@@ -84,15 +85,28 @@ pub struct MethodSection {
     /// ID-LoRA rank boosting (false: the paper's "w/o RB" sum form).
     pub rank_boost: bool,
     /// ID-LoRA dropout site: `gathered` (on the gathered bases) or `input` (exact input dropout).
-    pub dropout_site: String,
-    /// Adapted projections: names from `q k v o gate up down`, or `["all"]`.
-    pub targets: Vec<String>,
+    pub dropout_site: DropoutSite,
+    /// Adapted projections: names from `q k v o gate up down` (or `q_proj`, ...), or `["all"]`.
+    #[serde(deserialize_with = "targets_from_names", serialize_with = "targets_to_names")]
+    pub targets: Vec<Target>,
+}
+
+/// `["q", "v_proj"]` or `["all"]` to targets; an unknown name is an error listing the known.
+fn targets_from_names<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<Target>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    Target::parse_list(&names.join(",")).map_err(|e| {
+        serde::de::Error::custom(format!("{e}; expected names from q, k, v, o, gate, up, down, or \"all\""))
+    })
+}
+
+fn targets_to_names<S: Serializer>(targets: &[Target], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(targets.iter().map(|t| t.module_name().trim_end_matches("_proj")))
 }
 
 impl Default for MethodSection {
     fn default() -> Self {
         MethodSection {
-            kind: "idlora".into(),
+            kind: MethodKind::IdLora,
             r: 128,
             alpha: None,
             dropout: 0.05,
@@ -101,18 +115,24 @@ impl Default for MethodSection {
             k: 4,
             p: None,
             rank_boost: true,
-            dropout_site: "gathered".into(),
-            targets: vec!["all".into()],
+            dropout_site: DropoutSite::Gathered,
+            targets: Target::ALL.to_vec(),
         }
     }
 }
 
-/// `[cluster]`: PMRC settings for ID-LoRA's index sets.
+/// `[cluster]`: PMRC settings for ID-LoRA's index sets (`k` and `r` come from `[method]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
     /// `pmrc` (the paper), `ss` or `rs` (ablations).
-    pub selector: String,
+    pub selector: Selector,
+    /// Minimum cluster size; default the rank `r`, as in the paper.
+    pub size_min: Option<usize>,
+    /// Maximum cluster size; default none.
+    pub size_max: Option<usize>,
+    /// Exact assignment solver: `flow` (min-cost flow, the default) or `lp` (`good_lp`).
+    pub solver: AssignmentSolver,
     /// k-means restarts.
     pub n_init: usize,
     /// Lloyd iterations per restart at most.
@@ -127,7 +147,17 @@ pub struct ClusterSection {
 
 impl Default for ClusterSection {
     fn default() -> Self {
-        ClusterSection { selector: "pmrc".into(), n_init: 10, max_iter: 300, tol: 1e-4, seed: 0, bases: None }
+        ClusterSection {
+            selector: Selector::Pmrc,
+            size_min: None,
+            size_max: None,
+            solver: AssignmentSolver::Flow,
+            n_init: 10,
+            max_iter: 300,
+            tol: 1e-4,
+            seed: 0,
+            bases: None,
+        }
     }
 }
 
@@ -136,8 +166,8 @@ impl Default for ClusterSection {
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// Prompt template: `alpaca` (Stanford Alpaca's) or `chat` (the model's chat template).
-    #[serde(default = "default_template")]
-    pub template: String,
+    #[serde(default)]
+    pub template: TemplateKind,
     /// Longest training sequence in tokens (prompt + response); longer ones are cut at the end.
     #[serde(default = "default_max_length")]
     pub max_length: usize,
@@ -151,9 +181,6 @@ pub struct DataSection {
     pub sources: Vec<SourceConfig>,
 }
 
-fn default_template() -> String {
-    "alpaca".into()
-}
 fn default_max_length() -> usize {
     512
 }
@@ -174,8 +201,8 @@ pub struct SourceConfig {
     pub path: String,
     /// `alpaca` (`instruction`, `input`, `output`; also CodeAlpaca and Saferpaca), `gsm8k`
     /// (`question`, `answer`) or `columns` (see `columns`).
-    #[serde(default = "default_format")]
-    pub format: String,
+    #[serde(default)]
+    pub format: SourceFormat,
     /// Field names for `format = "columns"`; dotted paths reach into nested objects (`doc.question`).
     pub columns: Option<Columns>,
     /// Mixture weight: each epoch takes `weight x` this source's training records (repeats above 1,
@@ -192,8 +219,17 @@ pub struct SourceConfig {
     pub take: Option<usize>,
 }
 
-fn default_format() -> String {
-    "alpaca".into()
+/// A source's record layout, as written in `format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// `instruction`, `input`, `output`.
+    #[default]
+    Alpaca,
+    /// `question`, `answer`.
+    Gsm8k,
+    /// Named by the source's `columns` table.
+    Columns,
 }
 fn one() -> f64 {
     1.0
@@ -214,7 +250,7 @@ pub struct OptimSection {
     /// Decoupled weight decay.
     pub weight_decay: f64,
     /// `constant`, `linear` or `cosine` (Hugging Face's schedules, after warm-up).
-    pub schedule: String,
+    pub schedule: Schedule,
     /// Warm-up steps (the larger of this and `warmup_ratio x steps` is used).
     pub warmup_steps: usize,
     /// Warm-up as a share of all steps.
@@ -232,7 +268,7 @@ impl Default for OptimSection {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
-            schedule: "linear".into(),
+            schedule: Schedule::Linear,
             warmup_steps: 0,
             warmup_ratio: 0.0,
             max_grad_norm: 1.0,
@@ -257,10 +293,10 @@ pub struct RunSection {
     /// Compute precision: `f32`.
     pub precision: String,
     /// `auto`, `cpu`, `wgpu`, `cuda` or `cuda:N`.
-    pub device: String,
+    pub device: DeviceChoice,
     /// Data parallelism: further devices (`["cuda:1", "cuda:2"]`) that each take a share of every
     /// step's micro-batches; gradients are summed on `device`.
-    pub extra_devices: Vec<String>,
+    pub extra_devices: Vec<DeviceChoice>,
     /// Validation loss every this many steps (0: only before and after).
     pub eval_interval: usize,
     /// Checkpoint every this many steps (0: only at the end and on Ctrl-C).
@@ -280,7 +316,7 @@ impl Default for RunSection {
             max_steps: None,
             seed: 42,
             precision: "f32".into(),
-            device: "auto".into(),
+            device: DeviceChoice::Auto,
             extra_devices: Vec::new(),
             eval_interval: 0,
             checkpoint_interval: 100,
@@ -307,16 +343,19 @@ impl Default for SampleSection {
 }
 
 /// Prompt template of the training data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TemplateKind {
     /// Stanford Alpaca's prompt.
+    #[default]
     Alpaca,
     /// The model's chat template, the instruction as the user turn.
     Chat,
 }
 
 /// Learning-rate schedule after warm-up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// Constant.
     Constant,
@@ -365,15 +404,7 @@ impl TrainConfig {
     /// The adapter method settings.
     pub fn method_config(&self) -> Result<MethodConfig> {
         let m = &self.method;
-        let kind: MethodKind = m.kind.parse().map_err(|_| {
-            config_err(
-                "method.kind",
-                format!(
-                    "`{}` is not a method; expected one of full, lora, dora, hydralora, moelora, idlora",
-                    m.kind
-                ),
-            )
-        })?;
+        let kind = m.kind;
         if m.r == 0 {
             return Err(config_err("method.r", "must be at least 1"));
         }
@@ -401,76 +432,56 @@ impl TrainConfig {
         c.k = m.k;
         c.p = m.p;
         c.rank_boost = m.rank_boost;
-        c.dropout_site = match m.dropout_site.as_str() {
-            "gathered" => DropoutSite::Gathered,
-            "input" => DropoutSite::Input,
-            other => {
-                return Err(config_err(
-                    "method.dropout_site",
-                    format!("`{other}`: expected `gathered` or `input`"),
-                ));
-            }
-        };
+        c.dropout_site = m.dropout_site;
         c.validate().map_err(|e| config_err("method", e.to_string()))?;
         Ok(c)
     }
 
     /// The adapted projections.
     pub fn targets(&self) -> Result<Vec<Target>> {
-        let list = self.method.targets.join(",");
-        let t = Target::parse_list(&list).map_err(|e| {
-            config_err(
-                "method.targets",
-                format!("{e}; expected names from q, k, v, o, gate, up, down, or \"all\""),
-            )
-        })?;
-        if t.is_empty() {
+        if self.method.targets.is_empty() {
             return Err(config_err("method.targets", "names no projection"));
         }
-        Ok(t)
+        Ok(self.method.targets.clone())
     }
 
     /// PMRC settings (`k` and `r` from the method).
     pub fn cluster_config(&self) -> Result<PmrcConfig> {
         let c = &self.cluster;
-        let selector: Selector = c.selector.parse().map_err(|_| {
-            config_err("cluster.selector", format!("`{}`: expected pmrc, ss or rs", c.selector))
-        })?;
-        if c.n_init == 0 || c.max_iter == 0 {
-            return Err(config_err("cluster.n_init", "n_init and max_iter must be at least 1"));
+        if c.n_init == 0 {
+            return Err(config_err("cluster.n_init", "must be at least 1"));
+        }
+        if c.max_iter == 0 {
+            return Err(config_err("cluster.max_iter", "must be at least 1"));
+        }
+        if !(c.tol.is_finite() && c.tol >= 0.0) {
+            return Err(config_err("cluster.tol", format!("{} must be a number >= 0", c.tol)));
+        }
+        let (k, r) = (self.method.k, self.method.r);
+        let size_min = c.size_min.unwrap_or(r);
+        if size_min < r && c.selector == Selector::Pmrc {
+            return Err(config_err(
+                "cluster.size_min",
+                format!("{size_min} is below the rank r = {r}: a cluster must hold its r basis rows"),
+            ));
+        }
+        if let Some(max) = c.size_max
+            && max < size_min
+        {
+            return Err(config_err("cluster.size_max", format!("{max} is below size_min = {size_min}")));
         }
         Ok(PmrcConfig {
-            k: self.method.k,
-            rank: self.method.r,
+            k,
+            rank: r,
+            size_min: c.size_min,
+            size_max: c.size_max,
             n_init: c.n_init,
             max_iter: c.max_iter,
             tol: c.tol,
             seed: c.seed,
-            selector,
-            ..PmrcConfig::default()
+            selector: c.selector,
+            solver: c.solver,
         })
-    }
-
-    /// The prompt template.
-    pub fn template(&self) -> Result<TemplateKind> {
-        match self.data.template.as_str() {
-            "alpaca" => Ok(TemplateKind::Alpaca),
-            "chat" => Ok(TemplateKind::Chat),
-            other => Err(config_err("data.template", format!("`{other}`: expected `alpaca` or `chat`"))),
-        }
-    }
-
-    /// The schedule.
-    pub fn schedule(&self) -> Result<Schedule> {
-        match self.optim.schedule.as_str() {
-            "constant" => Ok(Schedule::Constant),
-            "linear" => Ok(Schedule::Linear),
-            "cosine" => Ok(Schedule::Cosine),
-            other => Err(config_err(
-                "optim.schedule",
-                format!("`{other}`: expected `constant`, `linear` or `cosine`"),
-            )),
-        }
     }
 
     /// Micro-batches per optimizer step.
@@ -486,8 +497,6 @@ impl TrainConfig {
         self.method_config()?;
         self.targets()?;
         self.cluster_config()?;
-        self.template()?;
-        self.schedule()?;
         let d = &self.data;
         if d.sources.is_empty() {
             return Err(config_err("data.sources", "no source given; add a [[data.sources]] table"));
@@ -605,17 +614,17 @@ impl TrainConfig {
 
 /// The record layout of a source, or what is wrong with it.
 pub fn source_format(s: &SourceConfig) -> std::result::Result<Format, String> {
-    match (s.format.as_str(), &s.columns) {
-        ("alpaca", None) => Ok(Format::Alpaca),
-        ("gsm8k", None) => Ok(Format::Gsm8k),
-        ("columns", Some(c)) => Ok(Format::Columns(c.clone())),
-        ("columns", None) => {
+    match (s.format, &s.columns) {
+        (SourceFormat::Alpaca, None) => Ok(Format::Alpaca),
+        (SourceFormat::Gsm8k, None) => Ok(Format::Gsm8k),
+        (SourceFormat::Columns, Some(c)) => Ok(Format::Columns(c.clone())),
+        (SourceFormat::Columns, None) => {
             Err("`columns` needs a `columns = { instruction = ..., output = ... }` table".into())
         }
-        ("alpaca" | "gsm8k", Some(_)) => {
-            Err(format!("`{}` takes no `columns` (use format = \"columns\")", s.format))
+        (f, Some(_)) => {
+            let name = if f == SourceFormat::Gsm8k { "gsm8k" } else { "alpaca" };
+            Err(format!("`{name}` takes no `columns` (use format = \"columns\")"))
         }
-        (other, _) => Err(format!("`{other}`: expected `alpaca`, `gsm8k` or `columns`")),
     }
 }
 

@@ -21,6 +21,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod loss;
 pub mod mixture;

@@ -60,7 +60,7 @@ fn seeded(seed: u64, a: u64, b: u64) -> ChaCha8Rng {
 impl Mixture {
     /// Reads, tokenises and splits every source of `cfg.data`. `eos` ends each response.
     pub fn prepare(cfg: &TrainConfig, tokenizer: &Tokenizer, eos: Option<u32>) -> Result<Self> {
-        let template = cfg.template()?;
+        let template = cfg.data.template;
         let d = &cfg.data;
         let seed = cfg.train.seed;
         let mut kept_records = Vec::new();

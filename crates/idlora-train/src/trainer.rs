@@ -452,7 +452,7 @@ pub fn train(
     let total_micro = micro_per_epoch * cfg.train.epochs;
     let total_steps = cfg.train.max_steps.unwrap_or(total_micro.div_ceil(accum));
     let warmup = warmup_steps(cfg.optim.warmup_steps, cfg.optim.warmup_ratio, total_steps);
-    let schedule = cfg.schedule()?;
+    let schedule = cfg.optim.schedule;
 
     let o = &cfg.optim;
     let mut optim: ModuleOptimizer = AdamWConfig::new()

@@ -280,12 +280,14 @@ fn bad_configs_and_data_are_named() {
     let ok = "[model]\npath = \"m\"\n[[data.sources]]\npath = \"d.json\"\n";
     assert!(err(&format!("{ok}[optim]\nlrr = 1\n"), &[]).contains("unknown field `lrr`"));
     assert!(err(ok, &["optim.lr=-1"]).contains("config `optim.lr`"));
-    assert!(err(ok, &["method.kind=lorax"]).contains("config `method.kind`"));
+    let e = err(ok, &["method.kind=lorax"]);
+    assert!(e.contains("method.kind") && e.contains("lorax") && e.contains("idlora"), "{e}");
     assert!(err(ok, &["train.effective_batch=6"]).contains("config `train.effective_batch`"));
     assert!(err(ok, &["train.precision=bf16"]).contains("config `train.precision`"));
     assert!(err(ok, &["data.sources.0.fraction=0"]).contains("data.sources[0].fraction"));
     assert!(err(ok, &["data.sources.3.weight=2"]).contains("has 1 entries"));
-    assert!(err(ok, &["method.targets=[\"q\", \"x\"]"]).contains("config `method.targets`"));
+    let e = err(ok, &["method.targets=[\"q\", \"x\"]"]);
+    assert!(e.contains("method.targets") && e.contains("`x`") && e.contains("gate"), "{e}");
     assert!(err(ok, &["nonsense"]).contains("key=value"));
     assert!(err("[model]\npath = \"m\"\n", &[]).contains("missing field `data`"));
     let cfg = TrainConfig::from_toml(ok, "run.toml", &[]).expect("minimal config");
@@ -366,4 +368,66 @@ fn data_parallel_over_two_replicas_matches_one_device() {
     for ((s, a), (_, b)) in one.losses.iter().zip(&two.losses) {
         assert!((a - b).abs() <= 1e-5 * a.abs(), "step {s}: {a} (one device) vs {b} (two replicas)");
     }
+}
+
+#[test]
+fn typed_sections_take_every_setting_and_name_the_key_and_accepted_values() {
+    use idlora_adapter::{DropoutSite, MethodKind};
+    use idlora_cluster::{AssignmentSolver, Selector};
+    use idlora_models::DeviceChoice;
+    use idlora_train::config::{Schedule, TemplateKind};
+    let ok = "[model]\npath = \"m\"\n[[data.sources]]\npath = \"d.json\"\n";
+    let set = |overrides: &[&str]| {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        TrainConfig::from_toml(ok, "run.toml", &o)
+    };
+    let cfg = set(&[
+        "method.kind=dora",
+        "method.dropout_site=input",
+        "method.targets=[\"q_proj\", \"down\"]",
+        "cluster.selector=ss",
+        "cluster.size_min=130",
+        "cluster.size_max=400",
+        "cluster.solver=lp",
+        "data.template=chat",
+        "optim.schedule=cosine",
+        "train.device=cuda:1",
+    ])
+    .expect("valid");
+    assert_eq!(cfg.method.kind, MethodKind::Dora);
+    assert_eq!(cfg.method.dropout_site, DropoutSite::Input);
+    let pmrc = cfg.cluster_config().expect("cluster");
+    assert_eq!(
+        (pmrc.selector, pmrc.size_min, pmrc.size_max, pmrc.solver),
+        (Selector::Ss, Some(130), Some(400), AssignmentSolver::Lp)
+    );
+    assert_eq!((cfg.data.template, cfg.optim.schedule), (TemplateKind::Chat, Schedule::Cosine));
+    assert_eq!(cfg.train.device, DeviceChoice::Cuda(1));
+    assert_eq!(cfg.targets().expect("targets").len(), 2);
+    // What is written to the run folder reads back the same.
+    let again = TrainConfig::from_toml(&cfg.to_toml(), "config.toml", &[]).expect("round trip");
+    assert_eq!(again, cfg);
+
+    // Bad values name the key and what is accepted, in the file and in overrides.
+    let cases: [(&str, &[&str]); 6] = [
+        ("method.dropout_site=middle", &["dropout_site", "gathered", "input"]),
+        ("cluster.selector=kmeans", &["selector", "pmrc", "ss", "rs"]),
+        ("cluster.solver=simplex", &["solver", "flow", "lp"]),
+        ("optim.schedule=step", &["schedule", "constant", "linear", "cosine"]),
+        ("data.template=plain", &["template", "alpaca", "chat"]),
+        ("train.device=tpu", &["device", "cuda:N"]),
+    ];
+    for (o, wanted) in cases {
+        let e = set(&[o]).expect_err(o).to_string();
+        assert!(wanted.iter().all(|w| e.contains(w)), "{o}: {e}");
+        let (section, kv) = o.split_once('.').expect("dotted");
+        let (key, value) = kv.split_once('=').expect("key=value");
+        let text = format!("{ok}[{section}]\n{key} = \"{value}\"\n");
+        let e = TrainConfig::from_toml(&text, "run.toml", &[]).expect_err(o).to_string();
+        assert!(wanted.iter().all(|w| e.contains(w)), "{o} in the file: {e}");
+    }
+    let e = set(&["cluster.size_min=3"]).expect_err("below r").to_string();
+    assert!(e.contains("cluster.size_min") && e.contains("r = 128"), "{e}");
+    let e = set(&["cluster.size_max=100"]).expect_err("below min").to_string();
+    assert!(e.contains("cluster.size_max"), "{e}");
 }

@@ -1,128 +1,26 @@
 //! The decoder: RMSNorm, RoPE, grouped-query attention with a KV cache, SwiGLU MLP, tied or untied
-//! head. Every projection is an [`AdaptedLinear`], so adapters attach without changing the model.
+//! head, one file per block, each with its own `forward`. Every projection is an
+//! [`AdaptedLinear`](idlora_adapter::AdaptedLinear), so adapters attach without changing the model.
+
+mod attention;
+mod cache;
+mod layer;
+mod mlp;
+mod norm;
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use idlora_adapter::AdaptedLinear;
+
+pub use attention::{Attention, AttentionInputs};
+pub use cache::KvCache;
+pub use layer::DecoderLayer;
+pub use mlp::Mlp;
+pub use norm::RmsNorm;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::rope;
-use idlora_kernels::swiglu::swiglu;
-
-/// RMSNorm: `x / sqrt(mean(x^2) + eps) * w`.
-#[derive(Module, Debug)]
-pub struct RmsNorm {
-    /// Scale `[hidden]`.
-    pub weight: Param<Tensor<1>>,
-    /// Epsilon.
-    pub eps: f64,
-}
-
-impl RmsNorm {
-    /// Applies the norm over the last dimension.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let d = self.weight.dims()[0];
-        let rms = x.clone().powi_scalar(2).mean_dim(2).add_scalar(self.eps).sqrt();
-        x / rms * self.weight.val().reshape([1, 1, d])
-    }
-}
-
-/// Grouped-query self-attention.
-#[derive(Module, Debug)]
-pub struct Attention {
-    /// `q_proj`
-    pub q_proj: AdaptedLinear,
-    /// `k_proj`
-    pub k_proj: AdaptedLinear,
-    /// `v_proj`
-    pub v_proj: AdaptedLinear,
-    /// `o_proj`
-    pub o_proj: AdaptedLinear,
-    /// Query heads.
-    pub num_heads: usize,
-    /// Key/value heads.
-    pub num_kv_heads: usize,
-    /// Head dimension.
-    pub head_dim: usize,
-}
-
-/// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
-#[derive(Module, Debug)]
-pub struct Mlp {
-    /// `gate_proj`
-    pub gate_proj: AdaptedLinear,
-    /// `up_proj`
-    pub up_proj: AdaptedLinear,
-    /// `down_proj`
-    pub down_proj: AdaptedLinear,
-}
-
-impl Mlp {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down_proj.forward(swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)))
-    }
-}
-
-/// One decoder layer (pre-norm attention and MLP with residuals).
-#[derive(Module, Debug)]
-pub struct DecoderLayer {
-    /// `input_layernorm`
-    pub input_layernorm: RmsNorm,
-    /// `self_attn`
-    pub self_attn: Attention,
-    /// `post_attention_layernorm`
-    pub post_attention_layernorm: RmsNorm,
-    /// `mlp`
-    pub mlp: Mlp,
-}
-
-/// Keys and values of the tokens seen so far, per layer (`[b, kv_heads, t, head_dim]`).
-#[derive(Debug, Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
-    len: usize,
-}
-
-impl KvCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Tokens cached so far (per row).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        if self.layers.len() <= layer {
-            self.layers.resize_with(layer + 1, || None);
-        }
-        let (k, v) = match self.layers[layer].take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
-        };
-        self.layers[layer] = Some((k.clone(), v.clone()));
-        (k, v)
-    }
-
-    /// Keeps only the rows in `keep` (batch indices), for dropping finished sequences.
-    pub fn retain_rows(&mut self, keep: &Tensor<1, Int>) {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.clone().select(0, keep.clone());
-            *v = v.clone().select(0, keep.clone());
-        }
-    }
-}
 
 /// What one forward pass sees: a batch of token rows, their positions, and optionally which keys
 /// are padding.
@@ -211,6 +109,7 @@ impl CausalLm {
         // attention (under autodiff, and on the other backends) multiplies head by head and needs
         // them repeated to the query heads first, a copy of the whole cache per layer and step.
         let grouped_kv = device == Device::flex() && !device.is_autodiff();
+        let inputs = AttentionInputs { cos, sin, mask, grouped_kv };
 
         let ids = Tensor::<1, Int>::from_data(
             TensorData::new(input.tokens.iter().map(|&t| t as i32).collect(), [b * s]),
@@ -218,22 +117,10 @@ impl CausalLm {
         );
         let mut h = self.embed_tokens.val().select(0, ids).reshape([b, s, c.hidden_size]);
         for (i, layer) in self.layers.iter().enumerate() {
-            let attn_in = layer.input_layernorm.forward(h.clone());
-            let a = self.attend(
-                &layer.self_attn,
-                attn_in,
-                (&cos, &sin),
-                mask.clone(),
-                grouped_kv,
-                i,
-                cache.as_deref_mut(),
-            );
-            h = h + a;
-            let m = layer.mlp.forward(layer.post_attention_layernorm.forward(h.clone()));
-            h = h + m;
+            h = layer.forward(h, &inputs, i, cache.as_deref_mut());
         }
         if let Some(kv) = cache {
-            kv.len = total;
+            kv.set_len(total);
         }
         Ok(self.norm.forward(h))
     }
@@ -309,49 +196,6 @@ impl CausalLm {
         let heads = self.config.num_heads;
         let m = Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, 1, s, total]), device);
         Ok(Some(m.expand([b, heads, s, total])))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn attend(
-        &self,
-        attn: &Attention,
-        x: Tensor<3>,
-        (cos, sin): (&Tensor<4>, &Tensor<4>),
-        mask: Option<Tensor<4, Bool>>,
-        grouped_kv: bool,
-        layer: usize,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
-        let [b, s, _] = x.dims();
-        let (h, kvh, d) = (attn.num_heads, attn.num_kv_heads, attn.head_dim);
-        let q = attn.q_proj.forward(x.clone()).reshape([b, s, h, d]).swap_dims(1, 2);
-        let k = attn.k_proj.forward(x.clone()).reshape([b, s, kvh, d]).swap_dims(1, 2);
-        let v = attn.v_proj.forward(x).reshape([b, s, kvh, d]).swap_dims(1, 2);
-        let q = rope::apply(q, cos.clone(), sin.clone());
-        let k = rope::apply(k, cos.clone(), sin.clone());
-        let (k, v) = match cache {
-            Some(kv) => kv.append(layer, k, v),
-            None => (k, v),
-        };
-        // Causal attention without a mask (training batches, prompts) on the CPU backend: the
-        // fused operation of `crate::attention`, grouped heads read as they are. `None` elsewhere.
-        let is_causal = mask.is_none() && s > 1;
-        let fused = if is_causal { idlora_kernels::causal_attention::causal(&q, &k, &v) } else { None };
-        let out = fused.unwrap_or_else(|| {
-            let t = k.dims()[2];
-            let groups = h / kvh;
-            let (k, v) = if groups > 1 && !grouped_kv {
-                let expand = |x: Tensor<4>| {
-                    x.reshape([b, kvh, 1, t, d]).expand([b, kvh, groups, t, d]).reshape([b, h, t, d])
-                };
-                (expand(k), expand(v))
-            } else {
-                (k, v)
-            };
-            let options = AttentionModuleOptions { scale: None, softcap: None, is_causal };
-            attention(q, k, v, mask, None, options)
-        });
-        attn.o_proj.forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
     }
 }
 
