@@ -1,0 +1,145 @@
+//! The step's gradients: forward and backward of its micro-batches (on one device or spread over
+//! several), the global gradient norm and clipping by it.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::{Device, Tensor};
+use idlora_models::CausalLm;
+
+use super::scalar;
+use crate::batch::Batch;
+use crate::error::{Result, TrainError};
+use crate::loss::nll_sum;
+
+/// Derives the dropout seed of micro-batch `index`.
+fn micro_seed(seed: u64, index: usize) -> u64 {
+    let mut z = seed ^ (index as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The step's gradients on the model's device, or spread over it and `replicas` when there are
+/// any. Returns the gradients and the summed negative log-likelihood.
+pub(super) fn step_grads(
+    model: &CausalLm,
+    replicas: &[Device],
+    batches: &[&(usize, Batch)],
+    seed: u64,
+    step_targets: usize,
+) -> Result<(GradientsParams, f64)> {
+    if replicas.is_empty() {
+        micro_batch_grads(model, batches, seed, step_targets)
+    } else {
+        data_parallel_grads(model, replicas, batches, seed, step_targets)
+    }
+}
+
+/// Forward and backward of `batches` on `model`, gradients accumulated; the loss of each
+/// micro-batch is divided by `step_targets` so that the sum is the step's mean. Returns the
+/// gradients and the summed negative log-likelihood.
+fn micro_batch_grads(
+    model: &CausalLm,
+    batches: &[&(usize, Batch)],
+    seed: u64,
+    step_targets: usize,
+) -> Result<(GradientsParams, f64)> {
+    let device = model.device();
+    let mut acc = GradientsAccumulator::<CausalLm>::new();
+    let mut nll_total = 0.0;
+    for (g, batch) in batches {
+        device.seed(micro_seed(seed, *g));
+        let nll = nll_sum(model, batch)?;
+        nll_total += scalar(nll.clone().detach(), "loss")?;
+        let grads = nll.div_scalar(step_targets.max(1) as f64).backward();
+        acc.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
+    Ok((acc.grads(), nll_total))
+}
+
+/// [`micro_batch_grads`] spread over the model's device and `replicas` (micro-batch `i` on device
+/// `i mod n`), one thread per device, the gradients moved to the model's device and summed.
+fn data_parallel_grads(
+    model: &CausalLm,
+    replicas: &[Device],
+    batches: &[&(usize, Batch)],
+    seed: u64,
+    step_targets: usize,
+) -> Result<(GradientsParams, f64)> {
+    let main = model.device();
+    let devices: Vec<Device> = std::iter::once(main.clone()).chain(replicas.iter().cloned()).collect();
+    let n = devices.len();
+    let results: Vec<Result<(GradientsParams, f64)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(j, dev)| {
+                let mine: Vec<&(usize, Batch)> = batches.iter().skip(j).step_by(n).copied().collect();
+                let replica = if j == 0 { model.clone() } else { model.clone().fork(dev) };
+                scope.spawn(move || micro_batch_grads(&replica, &mine, seed, step_targets))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TrainError::Tensor {
+                        name: "data-parallel worker".into(),
+                        message: "panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut acc = GradientsAccumulator::<CausalLm>::new();
+    let mut nll_total = 0.0;
+    for r in results {
+        let (grads, nll) = r?;
+        acc.accumulate(model, grads.to_device(&main, model));
+        nll_total += nll;
+    }
+    Ok((acc.grads(), nll_total))
+}
+
+/// The global L2 norm of the gradients of `model`'s trainable parameters.
+pub(super) fn grad_norm(model: &CausalLm, grads: &GradientsParams) -> Result<f64> {
+    struct Norm<'a> {
+        grads: &'a GradientsParams,
+        sum: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for Norm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let s = g.square().sum();
+                self.sum = Some(match self.sum.take() {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    let mut v = Norm { grads, sum: None };
+    model.visit(&mut v);
+    match v.sum {
+        Some(s) => Ok(scalar(s, "gradient norm")?.sqrt()),
+        None => Ok(0.0),
+    }
+}
+
+/// Multiplies every gradient by `factor`.
+pub(super) fn scale_grads(model: &CausalLm, grads: GradientsParams, factor: f64) -> GradientsParams {
+    struct Scale {
+        grads: GradientsParams,
+        factor: f64,
+    }
+    impl ModuleVisitor for Scale {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut s = Scale { grads, factor };
+    model.visit(&mut s);
+    s.grads
+}
