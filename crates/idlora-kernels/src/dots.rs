@@ -312,17 +312,13 @@ macro_rules! in_place_kernel {
     };
 }
 
-/// AVX-512F: 16 lanes; 4 x 6 accumulators, 4 row vectors and one centre vector fit its 32
-/// registers.
+/// AVX-512F: 4 x 6 accumulators, 4 row vectors and one centre vector fit its 32 registers.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use std::arch::x86_64::*;
-
     use super::{Centres, Isa, Rows};
+    use crate::simd::avx512::{LANES, V, fmadd, load, load_part, mask, reduce, zero};
 
-    type V = __m512;
     const ISA: Isa = Isa::Avx512;
-    const LANES: usize = 16;
     const ROWS: usize = 4;
     const CENTRES: usize = 6;
     /// Rows per panel (see the macro).
@@ -335,26 +331,6 @@ mod avx512 {
         4 => [1, 2, 3, 4, 5, 6]
     });
 
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn zero() -> V {
-        _mm512_setzero_ps()
-    }
-
-    /// An unaligned 16-float load. A masked load with every lane set is the same instruction as
-    /// a plain one, but it compiles to the instruction itself even in the dev profile, where the
-    /// plain intrinsic's `read_unaligned` carries debug UB checks that route every vector through
-    /// the stack (measured: the 4 x 6 kernel at a third of its speed).
-    ///
-    /// # Safety
-    /// 16 floats readable at `p`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn load(p: *const f32) -> V {
-        // SAFETY: as the caller vouches.
-        unsafe { _mm512_maskz_loadu_ps(!0, p) }
-    }
-
     /// The first `rest` (< 16) floats at `p`, zeros after.
     ///
     /// # Safety
@@ -362,38 +338,20 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn load_first(p: *const f32, rest: usize) -> V {
-        // SAFETY: masked-off lanes are not read.
-        unsafe { _mm512_maskz_loadu_ps(((1u32 << rest) - 1) as __mmask16, p) }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn fmadd(a: V, b: V, c: V) -> V {
-        _mm512_fmadd_ps(a, b, c)
-    }
-
-    /// Lanes `i` and `i + 8` added, then the AVX2 module's tree: an order fixed here, not left
-    /// to the standard library's `_mm512_reduce_add_ps`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn reduce(v: V) -> f32 {
-        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-        super::avx2::reduce(_mm256_add_ps(_mm512_castps512_ps256(v), hi))
+        // SAFETY: as the caller vouches; masked-off lanes are not read.
+        unsafe { load_part(p, mask(rest)) }
     }
 }
 
-/// AVX2 with FMA: 8 lanes; 3 x 4 accumulators and 3 row vectors take 15 of its 16 registers, the
-/// centre vectors loaded one at a time into the last (no spills in the loop). Measured on a Zen 3
-/// core at 40 centres: 57 GFLOP/s, against 51 for 2 x 6 tiles.
+/// AVX2 with FMA: 3 x 4 accumulators and 3 row vectors take 15 of its 16 registers, the centre
+/// vectors loaded one at a time into the last (no spills in the loop). Measured on a Zen 3 core
+/// at 40 centres: 57 GFLOP/s, against 51 for 2 x 6 tiles.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use std::arch::x86_64::*;
-
     use super::{Centres, Isa, Rows};
+    use crate::simd::avx2::{LANES, V, fmadd, load, load_part, mask, reduce, zero};
 
-    type V = __m256;
     const ISA: Isa = Isa::Avx2;
-    const LANES: usize = 8;
     const ROWS: usize = 3;
     const CENTRES: usize = 4;
     /// Rows per panel (see the macro).
@@ -405,25 +363,6 @@ mod avx2 {
         3 => [1, 2, 3, 4]
     });
 
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn zero() -> V {
-        _mm256_setzero_ps()
-    }
-
-    /// An unaligned 8-float load, as a masked load with every lane set: the compiler emits a
-    /// plain `vmovups` for the constant mask, in the dev profile too, where the plain
-    /// `_mm256_loadu_ps` goes through debug UB checks (measured: 19 against 57 GFLOP/s).
-    ///
-    /// # Safety
-    /// 8 floats readable at `p`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn load(p: *const f32) -> V {
-        // SAFETY: as the caller vouches.
-        unsafe { _mm256_maskload_ps(p, _mm256_set1_epi32(-1)) }
-    }
-
     /// The first `rest` (< 8) floats at `p`, zeros after.
     ///
     /// # Safety
@@ -431,27 +370,8 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn load_first(p: *const f32, rest: usize) -> V {
-        // Lane i is loaded where its mask's sign bit is set: i < rest.
-        let mask =
-            _mm256_cmpgt_epi32(_mm256_set1_epi32(rest as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        // SAFETY: masked-off lanes are not read and do not fault.
-        unsafe { _mm256_maskload_ps(p, mask) }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn fmadd(a: V, b: V, c: V) -> V {
-        _mm256_fmadd_ps(a, b, c)
-    }
-
-    /// `((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7))`, always in this order.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub(super) fn reduce(v: V) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-        _mm_cvtss_f32(s)
+        // SAFETY: as the caller vouches; masked-off lanes are not read and do not fault.
+        unsafe { load_part(p, mask(rest)) }
     }
 }
 

@@ -29,6 +29,7 @@
 
 pub mod dots;
 pub mod isa;
+mod simd;
 pub mod vmath;
 
 #[cfg(feature = "burn")]

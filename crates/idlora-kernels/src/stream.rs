@@ -406,188 +406,31 @@ macro_rules! stream_kernels {
     };
 }
 
-/// AVX-512F: 16 lanes, 32 registers (4 rows x 4 broadcasts in `rows_into`).
+/// AVX-512F: 32 registers (4 rows x 4 broadcasts in `rows_into`).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use std::arch::x86_64::*;
+    use crate::simd::avx512::{
+        LANES, add, fmadd, load, load_part, mask, reduce, splat, store, store_part, zero,
+    };
 
-    type V = __m512;
-    type Mask = __mmask16;
-    const LANES: usize = 16;
     const ROWS: usize = 4;
     const COL_ROWS: usize = 4;
 
     stream_kernels!("avx512f");
-
-    /// The first `n` lanes (all of them from 16 on).
-    fn mask(n: usize) -> Mask {
-        if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as Mask }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn zero() -> V {
-        _mm512_setzero_ps()
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn splat(v: f32) -> V {
-        _mm512_set1_ps(v)
-    }
-
-    /// A full vector. Masked with every lane set, the same instruction as a plain load, but one
-    /// the dev profile compiles without routing it through the stack for debug UB checks.
-    ///
-    /// # Safety
-    /// 16 floats readable at `p`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn load(p: *const f32) -> V {
-        // SAFETY: as the caller vouches.
-        unsafe { _mm512_maskz_loadu_ps(!0, p) }
-    }
-
-    /// # Safety
-    /// 16 floats writable at `p`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn store(p: *mut f32, v: V) {
-        // SAFETY: as the caller vouches.
-        unsafe { _mm512_mask_storeu_ps(p, !0, v) }
-    }
-
-    /// # Safety
-    /// The lanes of `mk` readable at `p`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn load_part(p: *const f32, mk: Mask) -> V {
-        // SAFETY: masked-off lanes are not read.
-        unsafe { _mm512_maskz_loadu_ps(mk, p) }
-    }
-
-    /// # Safety
-    /// The lanes of `mk` writable at `p`.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn store_part(p: *mut f32, mk: Mask, v: V) {
-        // SAFETY: masked-off lanes are not written.
-        unsafe { _mm512_mask_storeu_ps(p, mk, v) }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn fmadd(a: V, b: V, c: V) -> V {
-        _mm512_fmadd_ps(a, b, c)
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn add(a: V, b: V) -> V {
-        _mm512_add_ps(a, b)
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn reduce(v: V) -> f32 {
-        _mm512_reduce_add_ps(v)
-    }
 }
 
-/// AVX2 with FMA: 8 lanes, 16 registers (2 rows x 4 broadcasts, four weight vectors and the
-/// output in `rows_into`).
+/// AVX2 with FMA: 16 registers (2 rows x 4 broadcasts, four weight vectors and the output in
+/// `rows_into`).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use std::arch::x86_64::*;
+    use crate::simd::avx2::{
+        LANES, add, fmadd, load, load_part, mask, reduce, splat, store, store_part, zero,
+    };
 
-    type V = __m256;
-    type Mask = __m256i;
-    const LANES: usize = 8;
     const ROWS: usize = 2;
     const COL_ROWS: usize = 4;
 
     stream_kernels!("avx2,fma");
-
-    /// The first `n` lanes (all of them from 8 on): lane `i` is on where `i < n`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn mask(n: usize) -> Mask {
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn zero() -> V {
-        _mm256_setzero_ps()
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn splat(v: f32) -> V {
-        _mm256_set1_ps(v)
-    }
-
-    /// A full vector, as a masked load with every lane set: the compiler emits a plain load for
-    /// the constant mask, in the dev profile too (the plain intrinsic's debug UB checks route
-    /// every vector through the stack there).
-    ///
-    /// # Safety
-    /// 8 floats readable at `p`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn load(p: *const f32) -> V {
-        // SAFETY: as the caller vouches.
-        unsafe { _mm256_maskload_ps(p, _mm256_set1_epi32(-1)) }
-    }
-
-    /// A full vector, as [`load`] is (a plain store for the constant mask).
-    ///
-    /// # Safety
-    /// 8 floats writable at `p`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn store(p: *mut f32, v: V) {
-        // SAFETY: as the caller vouches.
-        unsafe { _mm256_maskstore_ps(p, _mm256_set1_epi32(-1), v) }
-    }
-
-    /// # Safety
-    /// The lanes of `mk` readable at `p`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn load_part(p: *const f32, mk: Mask) -> V {
-        // SAFETY: masked-off lanes are not read and do not fault.
-        unsafe { _mm256_maskload_ps(p, mk) }
-    }
-
-    /// # Safety
-    /// The lanes of `mk` writable at `p`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn store_part(p: *mut f32, mk: Mask, v: V) {
-        // SAFETY: masked-off lanes are not written.
-        unsafe { _mm256_maskstore_ps(p, mk, v) }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn fmadd(a: V, b: V, c: V) -> V {
-        _mm256_fmadd_ps(a, b, c)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn add(a: V, b: V) -> V {
-        _mm256_add_ps(a, b)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn reduce(v: V) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s)))
-    }
 }
 
 #[cfg(test)]
