@@ -297,6 +297,10 @@ pub struct RunSection {
     /// Data parallelism: further devices (`["cuda:1", "cuda:2"]`) that each take a share of every
     /// step's micro-batches; gradients are summed on `device`.
     pub extra_devices: Vec<DeviceChoice>,
+    /// Gradient checkpointing (burn's `Balanced` strategy): activations of memory-bound
+    /// operations are recomputed in the backward pass instead of kept, for less peak memory at
+    /// the cost of some compute. The gradients are the same.
+    pub gradient_checkpointing: bool,
     /// Validation loss every this many steps (0: only before and after).
     pub eval_interval: usize,
     /// Checkpoint every this many steps (0: only at the end and on Ctrl-C).
@@ -318,6 +322,7 @@ impl Default for RunSection {
             precision: "f32".into(),
             device: DeviceChoice::Auto,
             extra_devices: Vec::new(),
+            gradient_checkpointing: false,
             eval_interval: 0,
             checkpoint_interval: 100,
             keep_checkpoints: 2,

@@ -43,13 +43,20 @@ pub fn pick_devices(cfg: &TrainConfig) -> Result<TrainDevices> {
     for (i, choice) in cfg.train.extra_devices.iter().enumerate() {
         let extra =
             pick(*choice).map_err(|e| config_err(format!("train.extra_devices[{i}]"), e.to_string()))?;
-        replicas.push(extra.device.autodiff());
+        replicas.push(training_device(cfg, extra.device));
         replica_descriptions.push(extra.description);
     }
     Ok(TrainDevices {
-        main: main.device.autodiff(),
+        main: training_device(cfg, main.device),
         main_description: main.description,
         replicas,
         replica_descriptions,
     })
+}
+
+/// `device` with autodiff, and gradient checkpointing where `train.gradient_checkpointing` asks
+/// for it. The model must be loaded on this device: burn refuses to mix tensors of two strategies.
+pub fn training_device(cfg: &TrainConfig, device: Device) -> Device {
+    let device = device.autodiff();
+    if cfg.train.gradient_checkpointing { device.gradient_checkpointing() } else { device }
 }

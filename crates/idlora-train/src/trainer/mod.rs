@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, GradientCheckpointingStrategy, Tensor};
 use idlora_models::{CausalLm, Tokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -162,8 +162,22 @@ pub fn train(
     observer: &dyn Observer,
 ) -> Result<RunSummary> {
     cfg.validate()?;
-    if !model.device().is_autodiff() {
+    let device = model.device();
+    if !device.is_autodiff() {
         return Err(config_err("train.device", "training needs an autodiff device (Device::autodiff())"));
+    }
+    let checkpointing =
+        device.gradient_checkpointing_strategy() == Some(GradientCheckpointingStrategy::Balanced);
+    if cfg.train.gradient_checkpointing != checkpointing {
+        return Err(config_err(
+            "train.gradient_checkpointing",
+            format!(
+                "is {} but the model's device has checkpointing {}: load the model on \
+                 `devices::training_device(cfg, device)` (what `devices::pick_devices` gives)",
+                cfg.train.gradient_checkpointing,
+                if checkpointing { "on" } else { "off" }
+            ),
+        ));
     }
     let folder = RunFolder::open(cfg, opts.resume)?;
     let eos = tokenizer.eos.first().copied();
