@@ -186,14 +186,27 @@ pub fn pick(choice: DeviceChoice) -> Result<Picked, DeviceError> {
         DeviceChoice::Cuda(n) => cuda(n),
         DeviceChoice::Auto => {
             let mut tried = Vec::new();
+            let mut none_built = true;
             for attempt in [cuda(0), wgpu(true)] {
                 match attempt {
                     Ok(p) => return Ok(p),
-                    Err(e) => tried.push(e.to_string()),
+                    Err(e) => {
+                        none_built &= matches!(e, DeviceError::NotBuilt { .. });
+                        tried.push(e.to_string());
+                    }
                 }
             }
             let mut p = cpu()?;
-            p.description = format!("{} (auto: no GPU; {})", p.description, tried.join("; "));
+            p.description = if none_built {
+                // The usual surprise on a GPU machine: say it in one line, with the fix.
+                format!(
+                    "{} (auto: this build has no GPU backend; rebuild with `--features cuda` or \
+                     `--features wgpu` to train on a GPU)",
+                    p.description
+                )
+            } else {
+                format!("{} (auto: no GPU; {})", p.description, tried.join("; "))
+            };
             Ok(p)
         }
     }
@@ -221,7 +234,10 @@ mod tests {
     fn cpu_and_auto_work_and_missing_backends_are_errors() {
         assert!(pick(DeviceChoice::Cpu).is_ok());
         // CI has no GPU: auto must still give a device (the CPU there).
-        assert!(pick(DeviceChoice::Auto).is_ok());
+        let auto = pick(DeviceChoice::Auto).map(|p| p.description).unwrap_or_default();
+        assert!(auto.starts_with("CPU"), "{auto}");
+        #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+        assert!(auto.contains("this build has no GPU backend") && auto.contains("--features cuda"), "{auto}");
         #[cfg(not(feature = "cuda"))]
         {
             let err = pick(DeviceChoice::Cuda(0)).err().map(|e| e.to_string()).unwrap_or_default();
