@@ -7,7 +7,7 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::adapter::Adapter;
 use crate::error::{AdapterError, Result};
@@ -113,10 +113,13 @@ impl AdaptedLinear {
 
     /// `x W0 + b`, the product through [`product::matmul`] (on burn's CPU backend without
     /// autodiff: a few rows spread over the threads, more rows straight into their own buffer).
+    /// A base stored in another precision than `x` (a bf16 frozen base) multiplies in its own
+    /// dtype, `x` cast to it and the product cast back; the bias stays f32.
     fn base_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let mut dims = x.dims();
         let n = dims[..D - 1].iter().product::<usize>();
-        if x.device().is_autodiff() {
+        let mixed = self.base.weight.val().dtype() != x.dtype();
+        if x.device().is_autodiff() && !mixed {
             return self.base.forward(x);
         }
         let (d_in, d_out) = self.shape();
@@ -138,7 +141,10 @@ impl AdaptedLinear {
         let Some(adapter) = self.adapter.as_mut() else {
             return Err(AdapterError::NotMergeable { method: "FFT", reason: "there is no adapter" });
         };
-        let merged = adapter.merge(&self.name, self.base.weight.val())?.detach();
+        // Merged in f32, stored back in the base's own precision.
+        let stored = self.base.weight.val().dtype();
+        let w0 = self.base.weight.val().cast(FloatDType::F32);
+        let merged = adapter.merge(&self.name, w0)?.detach().cast(stored);
         self.base.weight = self.base.weight.map(|_| merged);
         self.merged = true;
         Ok(self)
@@ -149,7 +155,9 @@ impl AdaptedLinear {
         let (true, Some(adapter)) = (self.merged, self.adapter.as_mut()) else {
             return Err(invalid(&self.name, "the adapter is not merged".into()));
         };
-        let restored = adapter.unmerge(&self.name, self.base.weight.val())?.detach();
+        let stored = self.base.weight.val().dtype();
+        let w = self.base.weight.val().cast(FloatDType::F32);
+        let restored = adapter.unmerge(&self.name, w)?.detach().cast(stored);
         self.base.weight = self.base.weight.map(|_| restored);
         self.merged = false;
         Ok(self)

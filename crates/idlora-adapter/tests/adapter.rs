@@ -733,3 +733,48 @@ fn forward_matches_a_per_token_loop_over_the_formulas() {
         }
     }
 }
+
+/// A base stored in bf16 multiplies in bf16: `x` rounded to bf16, the product of the rounded
+/// operands (exact in f32 for one term, accumulated in f32), the result rounded to bf16, then the
+/// f32 bias. The reference does exactly that with f32 arithmetic on rounded values; they agree
+/// to one bf16 rounding step (2^-8 relative) where the accumulation order differs. Every method's
+/// output is then within bf16 rounding of the f32 base's, and its adapter still acts in f32.
+#[test]
+fn a_bf16_base_multiplies_in_bf16_and_adapters_stay_f32() {
+    use burn::tensor::FloatDType;
+    let dev = device();
+    let (d_in, d_out, n) = (24, 16, 5);
+    let round = |t: Tensor<2>| t.cast(FloatDType::BF16).cast(FloatDType::F32);
+    for kind in
+        [MethodKind::Lora, MethodKind::Dora, MethodKind::IdLora, MethodKind::HydraLora, MethodKind::MoeLora]
+    {
+        let base = LinearConfig::new(d_in, d_out).with_bias(true).init(&dev);
+        let mut cfg = MethodConfig::new(kind, 2);
+        cfg.k = 2;
+        let sets = IndexSets::new(vec![vec![0, 3], vec![5, 9]]).expect("sets");
+        let f32_layer = AdaptedLinear::new("l", base.clone(), &cfg, Some(&sets)).expect("layer");
+        let mut bf16_layer = f32_layer.clone();
+        bf16_layer.base.weight = bf16_layer.base.weight.clone().map(|w| w.cast(FloatDType::BF16));
+        let x = Tensor::<2>::random([n, d_in], Distribution::Normal(0.0, 1.0), &dev);
+        let w = base.weight.val();
+        let b = base.bias.as_ref().expect("bias").val().reshape([1, d_out]);
+        let reference = round(round(x.clone()).matmul(round(w))) + b;
+        let base_only = {
+            let mut l = bf16_layer.clone();
+            l.adapter = None;
+            vec2(l.forward(x.clone()))
+        };
+        let want = vec2(reference);
+        let worst = base_only
+            .iter()
+            .zip(&want)
+            .map(|(a, r)| (a - r).abs() / r.abs().max(1e-3))
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 2.0f32.powi(-8), "{kind:?}: base product off by {worst} (relative)");
+        // With the adapter: within bf16 rounding of the f32 layer (the initial update is zero or
+        // DoRA's identity, so the outputs are the base's).
+        let (a, f) = (vec2(bf16_layer.forward(x.clone())), vec2(f32_layer.forward(x)));
+        assert!(rel_err(&a, &f) < 1e-2, "{kind:?}: {}", rel_err(&a, &f));
+        assert_eq!(bf16_layer.base.weight.val().dtype(), burn::tensor::DType::BF16);
+    }
+}

@@ -52,7 +52,8 @@ pub const FEW_ROWS: usize = 8;
 
 /// `x w` for `x: [m, k]`, `w: [k, n]` (any strides, e.g. a transposed view). On burn's CPU
 /// backend without autodiff: at most [`FEW_ROWS`] rows stream the weight across the threads,
-/// more rows are one gemm call into a fresh buffer; elsewhere it is `x.matmul(w)`.
+/// more rows are one gemm call into a fresh buffer; elsewhere it is `x.matmul(w)`. Where `w` is
+/// stored in another float dtype than `x`, the product is computed in `w`'s and returned in `x`'s.
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
@@ -64,6 +65,13 @@ pub const FEW_ROWS: usize = 8;
 /// y.into_data().assert_eq(&Tensor::<2>::from_floats([[1.0, 2.0, 11.0]], &device).into_data(), true);
 /// ```
 pub fn matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    // A weight stored in another precision (a bf16 frozen base): the product in the weight's
+    // dtype, the input cast to it and the result cast back to the input's (burn's `cast` is
+    // differentiable, so this holds under autodiff too).
+    let (x_dtype, w_dtype) = (x.dtype(), w.dtype());
+    if x_dtype != w_dtype {
+        return matmul(x.cast(w_dtype), w).cast(x_dtype);
+    }
     #[cfg(feature = "flex")]
     let (x, w) = match flex::matmul_few_rows(x, w) {
         Ok(out) => return out,

@@ -72,6 +72,15 @@ impl CausalLm {
         bases: Option<BasesSource>,
     ) -> Result<Self> {
         if method.kind == MethodKind::Full {
+            if self.base_precision() != crate::precision::Precision::F32 {
+                return Err(ModelError::Setting {
+                    setting: "precision",
+                    message: format!(
+                        "full fine-tuning trains the base, which is stored in {}: it needs f32",
+                        self.base_precision()
+                    ),
+                });
+            }
             return Ok(self);
         }
         let sets = if method.kind == MethodKind::IdLora {
@@ -156,7 +165,7 @@ impl CausalLm {
             let proj =
                 wanted.get(name).ok_or_else(|| ModelError::Input(format!("no projection `{name}`")))?;
             // Rows of W0 are output rows: transpose our input-major weight back.
-            let w = proj.base.weight.val().transpose();
+            let w = proj.base.weight.val().transpose().cast(burn::tensor::FloatDType::F32);
             let [rows, cols] = w.dims();
             let data = w
                 .into_data()

@@ -17,6 +17,7 @@ pub mod layout;
 pub mod load;
 pub mod loaded;
 pub mod model;
+pub mod precision;
 pub mod rope;
 pub mod tokenizer;
 
@@ -29,4 +30,5 @@ pub use layout::Target;
 pub use load::load;
 pub use loaded::{LoadedModel, load_with_adapter};
 pub use model::{CausalLm, ForwardInput, KvCache};
+pub use precision::Precision;
 pub use tokenizer::{ChatMessage, Tokenizer, load_tokenizer};

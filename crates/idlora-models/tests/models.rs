@@ -61,6 +61,42 @@ fn logits_match_transformers() {
     }
 }
 
+/// A bf16 base against transformers' bf16 model (`make_bf16_fixtures.py`: the whole model cast
+/// with `torch_dtype=torch.bfloat16`). The two are not the same computation: transformers keeps
+/// activations in bf16 too, idlora only the base's products (inputs rounded to bf16, outputs
+/// rounded back, everything between in f32). So the test is relative to bf16's own noise,
+/// `e_hf = max |hf_bf16 - hf_f32|`: idlora's bf16 logits are no further from the f32 logits than
+/// transformers' bf16 ones (1.5 `e_hf`, allowing for the rounding of different operands), they
+/// agree with transformers' bf16 logits within 2 `e_hf`, and they do differ from f32 (the base
+/// really is bf16).
+#[test]
+fn bf16_base_logits_are_within_bf16_noise_of_transformers_bf16() {
+    use idlora_models::Precision;
+    for case in CASES {
+        let dir = fixtures().join(case);
+        let (tokens, hf_f32) = read_expected(&dir.join("expected.safetensors"));
+        let bytes = std::fs::read(dir.join("expected_bf16.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let hf_bf16: Vec<f32> = st
+            .tensor("logits")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let m = model(case).with_base_precision(Precision::Bf16).unwrap();
+        assert_eq!(m.base_precision(), Precision::Bf16);
+        let ours = vec3(m.forward(&ForwardInput::single(&tokens), None).unwrap());
+        let e_hf = max_abs(&hf_bf16, &hf_f32);
+        let e_ours = max_abs(&ours, &hf_f32);
+        let d = max_abs(&ours, &hf_bf16);
+        eprintln!("{case}: |hf_bf16 - f32| {e_hf}, |ours_bf16 - f32| {e_ours}, |ours - hf_bf16| {d}");
+        assert!(e_hf > 0.0 && e_ours > 0.0, "{case}: bf16 must differ from f32");
+        assert!(e_ours <= 1.5 * e_hf, "{case}: {e_ours} vs transformers' own {e_hf}");
+        assert!(d <= 2.0 * e_hf, "{case}: {d} vs {e_hf}");
+    }
+}
+
 #[test]
 fn kv_cached_decoding_equals_the_full_forward() {
     for case in CASES {

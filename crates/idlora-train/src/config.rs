@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use idlora_adapter::{DropoutSite, MethodConfig, MethodKind};
 use idlora_cluster::{AssignmentSolver, PmrcConfig, Selector};
 use idlora_data::{Columns, Format};
-use idlora_models::DeviceChoice;
 use idlora_models::layout::Target;
+use idlora_models::{DeviceChoice, Precision};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Result, TrainError, config_err, io};
@@ -290,8 +290,10 @@ pub struct RunSection {
     pub max_steps: Option<usize>,
     /// Seed of shuffling, sampling, dropout and initialisation.
     pub seed: u64,
-    /// Compute precision: `f32`.
-    pub precision: String,
+    /// Precision the frozen base is stored and multiplied in: `f32`, `bf16` or `f16`. Adapters,
+    /// routers, optimizer state, activations between blocks and the loss are f32 whatever it is
+    /// (`idlora_models::precision`).
+    pub precision: Precision,
     /// `auto`, `cpu`, `wgpu`, `cuda` or `cuda:N`.
     pub device: DeviceChoice,
     /// Data parallelism: further devices (`["cuda:1", "cuda:2"]`) that each take a share of every
@@ -319,7 +321,7 @@ impl Default for RunSection {
             epochs: 3,
             max_steps: None,
             seed: 42,
-            precision: "f32".into(),
+            precision: Precision::F32,
             device: DeviceChoice::Auto,
             extra_devices: Vec::new(),
             gradient_checkpointing: false,
@@ -571,12 +573,12 @@ impl TrainConfig {
         if t.max_steps == Some(0) {
             return Err(config_err("train.max_steps", "must be at least 1"));
         }
-        if t.precision != "f32" {
+        if t.precision != Precision::F32 && self.method.kind == MethodKind::Full {
             return Err(config_err(
                 "train.precision",
                 format!(
-                    "`{}` is not built: training runs in f32 (burn's CPU backend computes in f32; \
-                     mixed precision on GPUs is not implemented yet)",
+                    "`{}` stores the base in half precision, but method `full` trains the base: \
+                     full fine-tuning needs `f32` (no f32 master copy of the weights is kept)",
                     t.precision
                 ),
             ));

@@ -252,6 +252,45 @@ fn gradient_checkpointing_trains_to_the_same_weights() {
     }
 }
 
+/// A bf16 (or f16) frozen base trains like an f32 one: the same start (the base's rounding moves
+/// the first loss by well under 5%) and a large fall on the tiny task.
+#[test]
+fn a_half_precision_base_trains_like_f32() {
+    let _serial = serial();
+    let fx = Fixture::new();
+    for method in ["idlora", "lora", "dora"] {
+        let f32_run = train(
+            &fx.config(method, &format!("{method}-f32"), &["optim.lr=2e-2"]),
+            model(),
+            &fx.tokenizer(),
+            &TrainOptions::default(),
+            &Capture::default(),
+        )
+        .expect("f32");
+        for precision in ["bf16", "f16"] {
+            let cfg = fx.config(
+                method,
+                &format!("{method}-{precision}"),
+                &["optim.lr=2e-2", &format!("train.precision={precision}")],
+            );
+            let run = train(&cfg, model(), &fx.tokenizer(), &TrainOptions::default(), &Capture::default())
+                .expect(precision);
+            assert_eq!(run.model.base_precision().to_string(), precision);
+            let (first, last) = (run.losses[0].1, run.losses.last().expect("losses").1);
+            let first_f32 = f32_run.losses[0].1;
+            assert!(
+                (first - first_f32).abs() < 0.05 * first_f32,
+                "{method} {precision}: {first} vs {first_f32}"
+            );
+            assert!(first != first_f32, "{method} {precision}: the base must really be rounded");
+            // f32 falls 18-150x here; the rounded base products (and their bf16 / f16 gradients)
+            // make the later, chaotic part of the curve differ, not the learning.
+            let last_f32 = f32_run.losses.last().expect("losses").1;
+            assert!(last < first / 5.0, "{method} {precision}: loss {first} -> {last} (f32: {last_f32})");
+        }
+    }
+}
+
 #[test]
 fn stop_request_checkpoints_and_resume_finishes() {
     let _serial = serial();
@@ -327,7 +366,10 @@ fn bad_configs_and_data_are_named() {
     let e = err(ok, &["method.kind=lorax"]);
     assert!(e.contains("method.kind") && e.contains("lorax") && e.contains("idlora"), "{e}");
     assert!(err(ok, &["train.effective_batch=6"]).contains("config `train.effective_batch`"));
-    assert!(err(ok, &["train.precision=bf16"]).contains("config `train.precision`"));
+    let e = err(ok, &["train.precision=fp8"]);
+    assert!(e.contains("train.precision") && e.contains("fp8") && e.contains("bf16"), "{e}");
+    let e = err(ok, &["train.precision=bf16", "method.kind=full"]);
+    assert!(e.contains("config `train.precision`") && e.contains("full"), "{e}");
     assert!(err(ok, &["data.sources.0.fraction=0"]).contains("data.sources[0].fraction"));
     assert!(err(ok, &["data.sources.3.weight=2"]).contains("has 1 entries"));
     let e = err(ok, &["method.targets=[\"q\", \"x\"]"]);

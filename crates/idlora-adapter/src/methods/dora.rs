@@ -6,7 +6,7 @@ use burn::nn::Linear;
 use burn::tensor::Tensor;
 
 use super::lora::Lora;
-use super::{Method, Update, host, invalid};
+use super::{Method, Update, base_weight_f32, host, invalid};
 use crate::dropout;
 use crate::error::Result;
 use crate::index_sets::IndexSets;
@@ -49,7 +49,7 @@ impl Method for Dora {
 
     fn init(_name: &str, base: &Linear, cfg: &MethodConfig, _sets: Option<&IndexSets>) -> Result<Self> {
         let [d_in, d_out] = base.weight.dims();
-        let w0 = base.weight.val();
+        let w0 = base_weight_f32(base);
         let norms = w0.clone().powi_scalar(2).sum_dim(0).sqrt().reshape([d_out]).detach();
         Ok(Dora {
             lora: Lora::fresh(d_in, d_out, cfg, &w0.device()),
@@ -64,7 +64,7 @@ impl Method for Dora {
 
     fn update(&self, base: &Linear, x: Tensor<2>, y0: Tensor<2>) -> Update {
         let l = &self.lora;
-        let w0 = base.weight.val();
+        let w0 = base_weight_f32(base);
         let [_, d_out] = w0.dims();
         let scale = self.magnitude.val().reshape([1, d_out]) / self.weight_norm(w0.clone());
         let active = dropout::is_active(&l.dropout, &x.device());

@@ -7,7 +7,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::Value;
 
-use super::{Method, Update, invalid, kaiming, out_major, route, zeros};
+use super::{Method, Update, base_weight_f32, invalid, kaiming, out_major, route, zeros};
 use crate::dropout;
 use crate::error::{AdapterError, Result};
 use crate::index_sets::IndexSets;
@@ -74,7 +74,7 @@ impl IdLora {
             self.dropout_site == DropoutSite::Input && dropout::is_active(&self.dropout, &x.device());
         if self.basis == BasisPath::Explicit || input_dropout {
             // A = W0[S, :] in PEFT layout, i.e. the columns S of our [d_in, d_out] weight.
-            let a = base.weight.val().select(1, self.indices.clone());
+            let a = base_weight_f32(base).select(1, self.indices.clone());
             return dropout::apply(&self.dropout, x).matmul(a);
         }
         let u = y0.select(1, self.indices.clone());

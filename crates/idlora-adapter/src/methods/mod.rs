@@ -8,7 +8,7 @@
 use burn::module::Param;
 use burn::nn::{Initializer, Linear};
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 use idlora_kernels::product;
 
 use crate::error::{AdapterError, Result};
@@ -96,6 +96,13 @@ pub enum Update {
     },
     /// `[n, d_out]`.
     Dense(Tensor<2>),
+}
+
+/// The base weight `W0` in f32, whatever precision the frozen base is stored in (a bf16 base is
+/// cast here, at the adapter's boundary; an f32 one is returned as it is, no copy). Adapters
+/// compute in f32.
+pub(crate) fn base_weight_f32(base: &Linear) -> Tensor<2> {
+    base.weight.val().cast(FloatDType::F32)
 }
 
 /// PEFT's (and `nn.Linear`'s) initialiser for `A` and for routers: Kaiming-uniform with

@@ -10,7 +10,7 @@ mod norm;
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, FloatDType, Int, Tensor, TensorData};
 
 pub use attention::{Attention, AttentionInputs};
 pub use cache::KvCache;
@@ -115,7 +115,9 @@ impl CausalLm {
             TensorData::new(input.tokens.iter().map(|&t| t as i32).collect(), [b * s]),
             &device,
         );
-        let mut h = self.embed_tokens.val().select(0, ids).reshape([b, s, c.hidden_size]);
+        // Activations are f32 whatever the base is stored in (a no-op for an f32 embedding).
+        let mut h =
+            self.embed_tokens.val().select(0, ids).cast(FloatDType::F32).reshape([b, s, c.hidden_size]);
         for (i, layer) in self.layers.iter().enumerate() {
             h = layer.forward(h, &inputs, i, cache.as_deref_mut());
         }
