@@ -7,7 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use idlora_models::{
-    ChatMessage, DeviceChoice, ForwardInput, LoadedModel, SamplingConfig, generate, load_with_adapter, pick,
+    ChatMessage, DeviceChoice, ForwardInput, LoadedModel, Precision, SamplingConfig, generate,
+    load_with_adapter, pick,
 };
 
 use crate::paths;
@@ -25,6 +26,9 @@ pub struct ModelArgs {
     /// Compute device: auto, cpu, wgpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// Precision the base is stored and multiplied in: f32, bf16 or f16 (adapters stay f32).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 impl ModelArgs {
@@ -49,13 +53,14 @@ impl ModelArgs {
         let picked = pick(self.device)?;
         eprintln!("device: {}", picked.description);
         let t = Instant::now();
-        let loaded =
+        let mut loaded =
             load_with_adapter(&path, self.adapter.as_deref(), &picked.device).with_context(|| match &self
                 .adapter
             {
                 Some(a) => format!("loading {} with adapter {}", path.display(), a.display()),
                 None => format!("loading {}", path.display()),
             })?;
+        loaded.model = loaded.model.with_base_precision(self.precision)?;
         if let (Some(file), Some(label)) = (&loaded.adapter, loaded.adapter_label()) {
             for w in &file.warnings {
                 eprintln!("warning: {w}");
