@@ -11,13 +11,15 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use clap::Args;
 use idlora_adapter::{MethodConfig, MethodKind};
 use idlora_cluster::PmrcConfig;
+use idlora_models::Precision;
 use idlora_models::adapters::BasesSource;
 use idlora_models::layout::Target;
-use idlora_models::load;
+use idlora_models::load::load_as;
 use idlora_train::batch::collate;
 use idlora_train::loss::nll_sum;
 use idlora_train::template::Example;
@@ -47,6 +49,16 @@ pub struct TrainBenchArgs {
     /// Internal: run one configuration (`lora-8`, `lora-128`, `idlora-128`) and print JSON.
     #[arg(long, hide = true)]
     one: Option<String>,
+    /// Precision of the frozen base: f32, bf16 or f16 (`--precisions` runs several side by side).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    /// Gradient checkpointing (burn's Balanced strategy).
+    #[arg(long)]
+    checkpointing: bool,
+    /// The memory table instead: every configuration at f32, bf16 and bf16 + checkpointing, one
+    /// process each (peak resident memory is per process), no PyTorch.
+    #[arg(long)]
+    memory: bool,
 }
 
 const CONFIGS: [(&str, &str); 3] = [
@@ -64,8 +76,10 @@ fn token_ids(batch: usize, seq: usize, vocab: usize) -> Vec<u32> {
 fn run_one(name: &str, args: &TrainBenchArgs) -> Result<()> {
     let gguf = idlora_assets::fetch(&idlora_assets::SMOLLM2_135M_INSTRUCT_GGUF, &paths::cache_dir())?;
     let device = burn::tensor::Device::flex().autodiff();
+    let device = if args.checkpointing { device.gradient_checkpointing() } else { device };
     device.seed(0);
-    let model = load(&gguf, &device)?;
+    let model = load_as(&gguf, &device, args.precision)?;
+    let base_params = model.num_params();
     let (method, targets) = match name {
         "lora-8" => (MethodConfig::new(MethodKind::Lora, 8), Target::ALL.to_vec()),
         "lora-128" | "idlora-128" => {
@@ -107,8 +121,78 @@ fn run_one(name: &str, args: &TrainBenchArgs) -> Result<()> {
     timed.sort_by(f64::total_cmp);
     println!(
         "{}",
-        serde_json::json!({"step_s": timed[timed.len() / 2], "peak_rss_mb": peak_rss_mb(), "loss": loss})
+        serde_json::json!({"step_s": timed[timed.len() / 2], "peak_rss_mb": peak_rss_mb(), "loss": loss,
+            "base_params": base_params})
     );
+    Ok(())
+}
+
+/// Runs `bench train --one name` with these settings in its own process.
+fn child(
+    args: &TrainBenchArgs,
+    name: &str,
+    precision: Precision,
+    checkpointing: bool,
+) -> Result<std::process::Output> {
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench", "train", "--one", name, "--precision", &precision.to_string()]);
+    cmd.args(["--steps", &args.steps.to_string(), "--batch", &args.batch.to_string()]);
+    cmd.args(["--seq", &args.seq.to_string()]);
+    if checkpointing {
+        cmd.arg("--checkpointing");
+    }
+    cmd.output().with_context(|| format!("running {name} ({precision})"))
+}
+
+/// The memory table: each configuration with an f32 base, a bf16 base and a bf16 base with
+/// gradient checkpointing, side by side, one process each.
+fn run_memory(args: &TrainBenchArgs) -> Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let variants = [
+        ("f32 base", Precision::F32, false),
+        ("bf16 base", Precision::Bf16, false),
+        ("bf16 base + checkpointing", Precision::Bf16, true),
+    ];
+    let mut md = format!(
+        "SmolLM2-135M-Instruct, CPU (burn flex), {threads} threads, batch {} x {} tokens, forward + \
+         backward + AdamW, median of {} steps after one warm-up, each row in its own process. \
+         `base saved` is the drop in peak RSS from the f32 row as a share of the base's f32 bytes \
+         (50% is all a 2-byte base can save).\n\n\
+         | configuration | base | s / step | peak RSS MB | vs f32 | base saved | loss |\n|---|---|---|---|---|---|---|\n",
+        args.batch, args.seq, args.steps
+    );
+    for (name, label) in CONFIGS {
+        let mut f32_row = None;
+        for (variant, precision, ckpt) in variants {
+            eprintln!("running {label}, {variant} ...");
+            let out = child(args, name, precision, ckpt)?;
+            let (step, rss, loss) = parse(&out, label)?;
+            let base_params = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .and_then(|v| v["base_params"].as_f64())
+                .unwrap_or(f64::NAN);
+            let (ratio, saved) = match f32_row {
+                None => {
+                    f32_row = Some(rss);
+                    ("1.00x".to_string(), "-".to_string())
+                }
+                Some(f) => {
+                    let base_mb = base_params * 4.0 / (1024.0 * 1024.0);
+                    (format!("{:.2}x", rss / f), format!("{:.0}%", 100.0 * (f - rss) / base_mb))
+                }
+            };
+            md.push_str(&format!(
+                "| {label} | {variant} | {step:.2} | {rss:.0} | {ratio} | {saved} | {loss:.4} |\n"
+            ));
+        }
+    }
+    println!("{md}");
+    if let Some(p) = &args.out {
+        std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
+    }
     Ok(())
 }
 
@@ -130,6 +214,9 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     }
     if args.steps == 0 || args.batch == 0 || args.seq < 2 {
         bail!("--steps and --batch must be positive and --seq at least 2");
+    }
+    if args.memory {
+        return run_memory(&args);
     }
     let exe = std::env::current_exe().context("locating the xtask binary")?;
     let tokens = (args.batch * args.seq) as f64;

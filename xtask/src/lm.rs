@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use idlora_models::{
     ChatMessage, DeviceChoice, ForwardInput, LoadedModel, Precision, SamplingConfig, generate,
-    load_with_adapter, pick,
+    load_with_adapter_as, pick,
 };
 
 use crate::paths;
@@ -53,14 +53,11 @@ impl ModelArgs {
         let picked = pick(self.device)?;
         eprintln!("device: {}", picked.description);
         let t = Instant::now();
-        let mut loaded =
-            load_with_adapter(&path, self.adapter.as_deref(), &picked.device).with_context(|| match &self
-                .adapter
-            {
+        let loaded = load_with_adapter_as(&path, self.adapter.as_deref(), &picked.device, self.precision)
+            .with_context(|| match &self.adapter {
                 Some(a) => format!("loading {} with adapter {}", path.display(), a.display()),
                 None => format!("loading {}", path.display()),
             })?;
-        loaded.model = loaded.model.with_base_precision(self.precision)?;
         if let (Some(file), Some(label)) = (&loaded.adapter, loaded.adapter_label()) {
             for w in &file.warnings {
                 eprintln!("warning: {w}");

@@ -183,7 +183,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (device, replicas) = (devices.main, devices.replicas);
     let t = Instant::now();
     let model_path = PathBuf::from(&cfg.model.path);
-    let model = load(&model_path, &device).with_context(|| format!("loading {}", model_path.display()))?;
+    let model = idlora_models::load::load_as(&model_path, &device, cfg.train.precision)
+        .with_context(|| format!("loading {}", model_path.display()))?;
     let tokenizer = load_tokenizer(&model_path, &model.config.eos_token_ids)?;
     eprintln!("loaded {} in {:.1} s", model_path.display(), t.elapsed().as_secs_f64());
 

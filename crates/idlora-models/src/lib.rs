@@ -28,7 +28,7 @@ pub use error::{ModelError, Result};
 pub use generate::{Generation, SamplingConfig, StopReason, generate};
 pub use layout::Target;
 pub use load::load;
-pub use loaded::{LoadedModel, load_with_adapter};
+pub use loaded::{LoadedModel, load_with_adapter, load_with_adapter_as};
 pub use model::{CausalLm, ForwardInput, KvCache};
 pub use precision::Precision;
 pub use tokenizer::{ChatMessage, Tokenizer, load_tokenizer};

@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::model::{Attention, CausalLm, DecoderLayer, Mlp, RmsNorm, linear};
+use crate::precision::Precision;
 use crate::rope;
 
 /// Opens a model: a folder with `config.json` and safetensors (single file or shards), or a GGUF
@@ -26,6 +27,13 @@ use crate::rope;
 /// # Ok::<(), idlora_models::ModelError>(())
 /// ```
 pub fn load(path: &Path, device: &Device) -> Result<CausalLm> {
+    load_as(path, device, Precision::F32)
+}
+
+/// [`load`] with the frozen base stored in `precision` (see [`crate::precision`]): each matrix is
+/// cast as it is read, so at most one tensor is ever held in f32 (an 8B model in bf16 never needs
+/// its 32 GB f32 form).
+pub fn load_as(path: &Path, device: &Device, precision: Precision) -> Result<CausalLm> {
     let weights = Weights::open(path)?;
     let config = match weights.gguf() {
         Some(g) => {
@@ -41,7 +49,7 @@ pub fn load(path: &Path, device: &Device) -> Result<CausalLm> {
             ModelConfig::from_hf_file(&dir.join("config.json"))?
         }
     };
-    from_weights(&weights, config, device)
+    from_weights_as(&weights, config, device, precision)
 }
 
 /// The tensor names a model with `config` reads.
@@ -84,6 +92,8 @@ enum Source<'a> {
 struct Reader<'a> {
     source: Source<'a>,
     device: &'a Device,
+    /// What the matrices (embedding, head, projections) are stored in; vectors stay f32.
+    precision: Precision,
 }
 
 impl Reader<'_> {
@@ -123,7 +133,7 @@ impl Reader<'_> {
                 t[j * rows + i] = v;
             }
         }
-        Ok(Tensor::<2>::from_data(TensorData::new(t, [cols, rows]), self.device))
+        Ok(Tensor::<2>::from_data(TensorData::new(t, [cols, rows]), self.device).cast(self.precision.dtype()))
     }
 
     fn projection(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<AdaptedLinear> {
@@ -137,6 +147,16 @@ impl Reader<'_> {
 /// Builds the model from opened weights and a config. Missing, extra or mis-shaped tensors are
 /// errors naming the tensor.
 pub fn from_weights(weights: &Weights, config: ModelConfig, device: &Device) -> Result<CausalLm> {
+    from_weights_as(weights, config, device, Precision::F32)
+}
+
+/// [`from_weights`] with the frozen base stored in `precision`, each matrix cast as it is read.
+pub fn from_weights_as(
+    weights: &Weights,
+    config: ModelConfig,
+    device: &Device,
+    precision: Precision,
+) -> Result<CausalLm> {
     // The last layer must exist before every expected name is listed: a corrupt layer count would
     // otherwise list billions of names.
     let names: BTreeSet<String> = weights.tensor_names().into_iter().collect();
@@ -159,7 +179,7 @@ pub fn from_weights(weights: &Weights, config: ModelConfig, device: &Device) -> 
             });
         }
     }
-    build(Reader { source: Source::Weights { weights, names }, device }, config)
+    build(Reader { source: Source::Weights { weights, names }, device, precision }, config)
 }
 
 /// A model with seeded random weights (norms 1, everything else uniform with standard deviation
@@ -182,7 +202,7 @@ pub fn random(config: ModelConfig, seed: u64, device: &Device) -> Result<CausalL
 /// [`random`] with another standard deviation (tiny test models learn faster with a larger one).
 pub fn random_with_std(config: ModelConfig, seed: u64, std: f32, device: &Device) -> Result<CausalLm> {
     let rng = Box::new(RefCell::new((ChaCha8Rng::seed_from_u64(seed), std)));
-    build(Reader { source: Source::Random(rng), device }, config)
+    build(Reader { source: Source::Random(rng), device, precision: Precision::F32 }, config)
 }
 
 fn random_values(name: &str, shape: &[usize], (rng, std): &mut (ChaCha8Rng, f32)) -> Vec<f32> {
@@ -201,7 +221,8 @@ fn build(r: Reader, config: ModelConfig) -> Result<CausalLm> {
     let (q_dim, kv_dim) = (config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim);
     let i_dim = config.intermediate_size;
     let embed = r.read("model.embed_tokens.weight", &[v, h])?;
-    let embed_tokens = Param::from_tensor(Tensor::from_data(TensorData::new(embed, [v, h]), device));
+    let embed = Tensor::<2>::from_data(TensorData::new(embed, [v, h]), device).cast(r.precision.dtype());
+    let embed_tokens = Param::from_tensor(embed);
     let mut layers = Vec::new();
     for i in 0..config.num_layers {
         let p = format!("model.layers.{i}");

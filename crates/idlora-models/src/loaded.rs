@@ -26,8 +26,9 @@ use burn::tensor::Device;
 use idlora_adapter::AdapterFile;
 
 use crate::error::Result;
-use crate::load::load;
+use crate::load::load_as;
 use crate::model::CausalLm;
+use crate::precision::Precision;
 use crate::tokenizer::{Tokenizer, load_tokenizer};
 
 /// A model loaded from disk, its adapter applied, and where it came from.
@@ -64,7 +65,18 @@ impl LoadedModel {
 /// Loads the model at `path` on `device` and applies the adapter folder `adapter`, if given.
 /// The tokenizer is read later, by [`LoadedModel::tokenizer`].
 pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -> Result<LoadedModel> {
-    let mut model = load(path, device)?;
+    load_with_adapter_as(path, adapter, device, Precision::F32)
+}
+
+/// [`load_with_adapter`] with the frozen base stored in `precision` (cast tensor by tensor as it
+/// is read; the adapter stays f32).
+pub fn load_with_adapter_as(
+    path: &Path,
+    adapter: Option<&Path>,
+    device: &Device,
+    precision: Precision,
+) -> Result<LoadedModel> {
+    let mut model = load_as(path, device, precision)?;
     let mut file = None;
     if let Some(dir) = adapter {
         let (m, f) = model.load_adapters(dir)?;
