@@ -11,6 +11,7 @@ mod eval;
 mod lm;
 mod params;
 mod paths;
+mod setup;
 mod train;
 
 use anyhow::Result;
@@ -56,6 +57,9 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: idlora_models::DeviceChoice,
     },
+    /// Prepare a build: `setup cuda` fetches (pip) the static LLVM that `--features cuda` links,
+    /// so that the CUDA build works without internet.
+    Setup(setup::SetupArgs),
     /// Benchmarks that print a table (criterion kernels: `cargo bench -p idlora-benches`).
     Bench {
         #[command(subcommand)]
@@ -119,6 +123,7 @@ fn main() -> Result<()> {
             println!("--device {device}: {} [{:?}]", picked.description, picked.device);
             Ok(())
         }
+        Command::Setup(args) => setup::run(args),
         Command::Bench { which: BenchCommand::Cluster(args) } => bench_cluster::run(args),
         Command::Bench { which: BenchCommand::AdapterTable(args) } => bench_adapter::run(args),
         Command::Bench { which: BenchCommand::Adapter(args) } => bench_adapter::run_interleaved(args),

@@ -108,9 +108,38 @@ pub const COMMONSENSE_QA: Asset = Asset {
     archive: Archive::Wheel,
 };
 
+/// A static LLVM 23.1 (headers, libraries and a Python `llvm-config`) for the host targets: what
+/// burn-cuda's kernel compiler links (`cargo xtask setup cuda`), from `mlc-llvm-static`.
+pub const LLVM_STATIC: Asset = Asset {
+    name: "llvm-static",
+    package: "mlc-llvm-static",
+    version: "23.1.1.post0",
+    member: "mlc_llvm_static/static/",
+    description: "static LLVM 23.1 SDK (x86-64 Linux)",
+    archive: Archive::Wheel,
+};
+
+/// The other LLVM targets of [`LLVM_STATIC`] (NVPTX among them), unpacked over it.
+pub const LLVM_STATIC_EXTRA_TARGETS: Asset = Asset {
+    name: "llvm-static-extra-targets",
+    package: "mlc-llvm-static-extra-targets",
+    version: "23.1.1.post0",
+    member: "mlc_llvm_static/static/",
+    description: "static LLVM 23.1 SDK, extra targets (NVPTX, AMDGPU, ...)",
+    archive: Archive::Wheel,
+};
+
 /// Every asset this crate knows.
-pub const ALL: &[Asset] =
-    &[SMOLLM2_135M_INSTRUCT_GGUF, ALPACA_EN_DEMO, GSM8K_TEST, HUMANEVAL, MMLU, COMMONSENSE_QA];
+pub const ALL: &[Asset] = &[
+    SMOLLM2_135M_INSTRUCT_GGUF,
+    ALPACA_EN_DEMO,
+    GSM8K_TEST,
+    HUMANEVAL,
+    MMLU,
+    COMMONSENSE_QA,
+    LLVM_STATIC,
+    LLVM_STATIC_EXTRA_TARGETS,
+];
 
 /// The asset called `name`.
 pub fn by_name(name: &str) -> Option<&'static Asset> {
