@@ -146,7 +146,15 @@ fn cpu() -> Result<Picked, DeviceError> {
 
 #[cfg(feature = "cuda")]
 fn cuda(n: usize) -> Result<Picked, DeviceError> {
-    probe(Device::cuda(n), format!("CUDA device {n}"))
+    // burn-cuda reports a missing driver or GPU by a panic deep in its runtime thread
+    // ("RecvError"): say what that usually means.
+    probe(Device::cuda(n), format!("CUDA device {n}")).map_err(|e| match e {
+        DeviceError::Unavailable { description, reason } => DeviceError::Unavailable {
+            description,
+            reason: format!("{reason} (no NVIDIA GPU or driver answered: check `nvidia-smi`)"),
+        },
+        other => other,
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
