@@ -26,7 +26,7 @@ pub struct EfficiencyArgs {
     /// Model [default: SmolLM2-135M-Instruct, fetched with pip].
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Compute device: auto, cpu, wgpu, cuda or cuda:N.
+    /// Compute device: auto, cpu, wgpu, vulkan, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// Methods, comma-separated (the base model is always measured): lora, lora-merged, dora,

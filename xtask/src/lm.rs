@@ -23,7 +23,7 @@ pub struct ModelArgs {
     /// Adapter folder (adapter_config.json + adapter_model.safetensors) to apply.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Compute device: auto, cpu, wgpu, cuda or cuda:N.
+    /// Compute device: auto, cpu, wgpu, vulkan, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     /// Precision the base is stored and multiplied in: f32, bf16 or f16 (adapters stay f32).

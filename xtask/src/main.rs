@@ -51,9 +51,9 @@ enum Command {
     Logits(lm::LogitsArgs),
     /// Trainable parameters per method and rank, from a Hugging Face `config.json` (paper Table 6).
     Params(params::ParamsArgs),
-    /// Pick a compute device (`--device auto|cpu|wgpu|cuda[:N]`), check it and say which it is.
+    /// Pick a compute device (`--device auto|cpu|wgpu|vulkan|cuda[:N]`), check it and say which it is.
     Device {
-        /// auto (CUDA, then a real GPU through wgpu, then CPU), cpu, wgpu, cuda or cuda:N.
+        /// auto (CUDA, then a real GPU through Vulkan or wgpu, then CPU), cpu, wgpu, vulkan, cuda or cuda:N.
         #[arg(long, default_value = "auto")]
         device: idlora_models::DeviceChoice,
     },

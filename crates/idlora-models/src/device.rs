@@ -1,9 +1,10 @@
-//! Picking a burn device at run time: `auto`, `cpu`, `wgpu`, `cuda` or `cuda:N`.
+//! Picking a burn device at run time: `auto`, `cpu`, `wgpu`, `vulkan`, `cuda` or `cuda:N`.
 //!
-//! The CPU backend (burn's `flex`) is always built; `wgpu` and `cuda` are cargo features of this
-//! crate (xtask forwards its own features of the same names). A backend that was not built, or
-//! that finds no hardware, is an error naming the choice; `auto` tries CUDA, then wgpu on a real
-//! (discrete or integrated) GPU, then the CPU, and says which one it took and why.
+//! The CPU backend (burn's `flex`) is always built; `wgpu`, `vulkan` (wgpu pinned to Vulkan, with
+//! burn's SPIR-V compiler) and `cuda` are cargo features of this crate (xtask forwards its own
+//! features of the same names). A backend that was not built, or that finds no hardware, is an
+//! error naming the choice; `auto` tries CUDA, then Vulkan and then wgpu on a real (discrete or
+//! integrated) GPU, then the CPU, and says which one it took and why.
 //!
 //! ```
 //! use idlora_models::device::{DeviceChoice, pick};
@@ -29,6 +30,8 @@ pub enum DeviceChoice {
     Cpu,
     /// wgpu's default adapter (Vulkan, Metal or DX12; may be a software renderer).
     Wgpu,
+    /// wgpu pinned to Vulkan, kernels compiled to SPIR-V (feature `vulkan`).
+    Vulkan,
     /// CUDA device `N`.
     Cuda(usize),
 }
@@ -37,7 +40,7 @@ pub enum DeviceChoice {
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// The text is none of the accepted forms.
-    #[error("device `{0}`: expected auto, cpu, wgpu, cuda or cuda:N")]
+    #[error("device `{0}`: expected auto, cpu, wgpu, vulkan, cuda or cuda:N")]
     Parse(String),
     /// The backend was not compiled in.
     #[error("device `{choice}`: this build has no {backend} backend; {how}")]
@@ -66,6 +69,7 @@ impl FromStr for DeviceChoice {
             "auto" => DeviceChoice::Auto,
             "cpu" => DeviceChoice::Cpu,
             "wgpu" => DeviceChoice::Wgpu,
+            "vulkan" => DeviceChoice::Vulkan,
             "cuda" => DeviceChoice::Cuda(0),
             _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(n)) => DeviceChoice::Cuda(n),
@@ -81,6 +85,7 @@ impl fmt::Display for DeviceChoice {
             DeviceChoice::Auto => f.write_str("auto"),
             DeviceChoice::Cpu => f.write_str("cpu"),
             DeviceChoice::Wgpu => f.write_str("wgpu"),
+            DeviceChoice::Vulkan => f.write_str("vulkan"),
             DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
         }
     }
@@ -176,6 +181,26 @@ fn wgpu(real_gpu_only: bool) -> Result<Picked, DeviceError> {
         .or_else(|_| probe(Device::wgpu(DeviceKind::IntegratedGpu(0)), "wgpu integrated GPU 0".into()))
 }
 
+#[cfg(feature = "vulkan")]
+fn vulkan(real_gpu_only: bool) -> Result<Picked, DeviceError> {
+    use burn::tensor::DeviceKind;
+    if !real_gpu_only {
+        return probe(Device::vulkan(DeviceKind::DefaultDevice), "Vulkan (SPIR-V) default adapter".into());
+    }
+    probe(Device::vulkan(DeviceKind::DiscreteGpu(0)), "Vulkan (SPIR-V) discrete GPU 0".into()).or_else(|_| {
+        probe(Device::vulkan(DeviceKind::IntegratedGpu(0)), "Vulkan (SPIR-V) integrated GPU 0".into())
+    })
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn vulkan(_: bool) -> Result<Picked, DeviceError> {
+    Err(DeviceError::NotBuilt {
+        choice: "vulkan".into(),
+        backend: "Vulkan (SPIR-V)",
+        how: "rebuild with `--features vulkan` (`cargo run -p xtask --features vulkan -- ...`)",
+    })
+}
+
 #[cfg(not(feature = "wgpu"))]
 fn wgpu(_: bool) -> Result<Picked, DeviceError> {
     Err(DeviceError::NotBuilt {
@@ -191,11 +216,15 @@ pub fn pick(choice: DeviceChoice) -> Result<Picked, DeviceError> {
     match choice {
         DeviceChoice::Cpu => cpu(),
         DeviceChoice::Wgpu => wgpu(false),
+        DeviceChoice::Vulkan => vulkan(false),
         DeviceChoice::Cuda(n) => cuda(n),
         DeviceChoice::Auto => {
             let mut tried = Vec::new();
             let mut none_built = true;
-            for attempt in [cuda(0), wgpu(true)] {
+            // Each is tried only if the one before failed (a probe initialises its runtime).
+            let attempts: [&dyn Fn() -> Result<Picked, DeviceError>; 3] =
+                [&|| cuda(0), &|| vulkan(true), &|| wgpu(true)];
+            for attempt in attempts.iter().map(|f| f()) {
                 match attempt {
                     Ok(p) => return Ok(p),
                     Err(e) => {
@@ -208,8 +237,8 @@ pub fn pick(choice: DeviceChoice) -> Result<Picked, DeviceError> {
             p.description = if none_built {
                 // The usual surprise on a GPU machine: say it in one line, with the fix.
                 format!(
-                    "{} (auto: this build has no GPU backend; rebuild with `--features cuda` or \
-                     `--features wgpu` to train on a GPU)",
+                    "{} (auto: this build has no GPU backend; rebuild with `--features cuda`, \
+                     `--features vulkan` or `--features wgpu` to train on a GPU)",
                     p.description
                 )
             } else {
@@ -229,7 +258,7 @@ mod tests {
         assert_eq!("auto".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Auto));
         assert_eq!("cuda:3".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Cuda(3)));
         assert_eq!("cuda".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Cuda(0)));
-        for good in ["auto", "cpu", "wgpu", "cuda:2"] {
+        for good in ["auto", "cpu", "wgpu", "vulkan", "cuda:2"] {
             assert_eq!(good.parse::<DeviceChoice>().map(|c| c.to_string()).ok().as_deref(), Some(good));
         }
         for bad in ["gpu", "cuda:", "cuda:x", "CPU"] {
@@ -255,6 +284,11 @@ mod tests {
         {
             let err = pick(DeviceChoice::Wgpu).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("no wgpu backend"), "{err}");
+        }
+        #[cfg(not(feature = "vulkan"))]
+        {
+            let err = pick(DeviceChoice::Vulkan).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("no Vulkan (SPIR-V) backend") && err.contains("--features vulkan"), "{err}");
         }
     }
 }

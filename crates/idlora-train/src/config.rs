@@ -294,7 +294,7 @@ pub struct RunSection {
     /// routers, optimizer state, activations between blocks and the loss are f32 whatever it is
     /// (`idlora_models::precision`).
     pub precision: Precision,
-    /// `auto`, `cpu`, `wgpu`, `cuda` or `cuda:N`.
+    /// `auto`, `cpu`, `wgpu`, `vulkan`, `cuda` or `cuda:N`.
     pub device: DeviceChoice,
     /// Data parallelism: further devices (`["cuda:1", "cuda:2"]`) that each take a share of every
     /// step's micro-batches; gradients are summed on `device`.
