@@ -8,6 +8,7 @@ mod bench_train;
 mod cluster;
 mod efficiency;
 mod eval;
+mod gpu_check;
 mod lm;
 mod params;
 mod paths;
@@ -57,6 +58,10 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: idlora_models::DeviceChoice,
     },
+    /// The prepared GPU check (scripts/gpu-check.sh): logits against the CPU, training tokens/s
+    /// (LoRA r=8, ID-LoRA r=128; f32 and bf16 base), an 8B-shaped layer stack; `--tiny --device
+    /// cpu` is its dry run.
+    GpuCheck(gpu_check::GpuCheckArgs),
     /// Prepare a build: `setup cuda` fetches (pip) the static LLVM that `--features cuda` links,
     /// so that the CUDA build works without internet.
     Setup(setup::SetupArgs),
@@ -124,6 +129,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Setup(args) => setup::run(args),
+        Command::GpuCheck(args) => gpu_check::run(args),
         Command::Bench { which: BenchCommand::Cluster(args) } => bench_cluster::run(args),
         Command::Bench { which: BenchCommand::AdapterTable(args) } => bench_adapter::run(args),
         Command::Bench { which: BenchCommand::Adapter(args) } => bench_adapter::run_interleaved(args),
