@@ -16,16 +16,16 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use clap::Args;
 use idlora_adapter::{MethodConfig, MethodKind};
 use idlora_cluster::PmrcConfig;
-use idlora_models::Precision;
 use idlora_models::adapters::BasesSource;
 use idlora_models::layout::Target;
 use idlora_models::load::load_as;
+use idlora_models::{CausalLm, Precision};
 use idlora_train::batch::collate;
 use idlora_train::loss::nll_sum;
 use idlora_train::template::Example;
 use rand::{RngExt, SeedableRng};
 
-use crate::bench_lm::peak_rss_mb;
+use crate::bench_lm::{median, peak_rss_mb};
 use crate::paths;
 
 /// Arguments of `cargo xtask bench train`.
@@ -67,7 +67,7 @@ const CONFIGS: [(&str, &str); 3] = [
     ("idlora-128", "ID-LoRA r=128 k=4, q,o,gate,up,down"),
 ];
 
-fn token_ids(batch: usize, seq: usize, vocab: usize) -> Vec<u32> {
+pub(crate) fn token_ids(batch: usize, seq: usize, vocab: usize) -> Vec<u32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     // Ordinary ids (below 20k: real words), the same on both sides.
     (0..batch * seq).map(|_| rng.random_range(100..vocab.min(20_000) as u32)).collect()
@@ -91,17 +91,29 @@ fn run_one(name: &str, args: &TrainBenchArgs) -> Result<()> {
     // Clustering is not timed; one restart is enough for a speed measurement.
     let progress = |_: usize, _: usize| {};
     let bases = BasesSource::Cluster(PmrcConfig { n_init: 1, ..PmrcConfig::default() }, &progress);
-    let mut model =
+    let model =
         model.apply_adapters(&method, &targets, (method.kind == MethodKind::IdLora).then_some(bases))?;
-    let ids = token_ids(args.batch, args.seq, model.config.vocab_size);
+    let (step_s, loss) = timed_steps(model, args.batch, args.seq, args.steps)?;
+    println!(
+        "{}",
+        serde_json::json!({"step_s": step_s, "peak_rss_mb": peak_rss_mb(), "loss": loss, "base_params": base_params})
+    );
+    Ok(())
+}
+
+/// One warm-up and `steps` timed training steps (forward, backward, AdamW) of `model` on one
+/// batch of `batch x seq` tokens from [`token_ids`]: the median step seconds and the last loss.
+pub(crate) fn timed_steps(mut model: CausalLm, batch: usize, seq: usize, steps: usize) -> Result<(f64, f64)> {
+    let device = model.device();
+    let ids = token_ids(batch, seq, model.config.vocab_size);
     let examples: Vec<Example> =
-        ids.chunks(args.seq).map(|row| Example { tokens: row.to_vec(), prompt_len: 1 }).collect();
+        ids.chunks(seq).map(|row| Example { tokens: row.to_vec(), prompt_len: 1 }).collect();
     let rows: Vec<&Example> = examples.iter().collect();
     let batch = collate(&rows, 0);
     let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).init();
     let mut times = Vec::new();
     let mut loss = f64::NAN;
-    for _ in 0..=args.steps {
+    for _ in 0..=steps {
         let t = Instant::now();
         let nll = nll_sum(&model, &batch)?;
         let mean = nll.div_scalar(batch.target_count() as f64);
@@ -114,17 +126,10 @@ fn run_one(name: &str, args: &TrainBenchArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as f64;
         let grads = GradientsParams::from_grads(mean.backward(), &model);
         model = optim.step(1e-4, model, grads);
-        device.sync()?;
+        device.sync().map_err(|e| anyhow::anyhow!("synchronising the device: {e:?}"))?;
         times.push(t.elapsed().as_secs_f64());
     }
-    let mut timed = times[1..].to_vec();
-    timed.sort_by(f64::total_cmp);
-    println!(
-        "{}",
-        serde_json::json!({"step_s": timed[timed.len() / 2], "peak_rss_mb": peak_rss_mb(), "loss": loss,
-            "base_params": base_params})
-    );
-    Ok(())
+    Ok((median(times[1..].to_vec()), loss))
 }
 
 /// Runs `bench train --one name` with these settings in its own process.
@@ -218,24 +223,12 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     if args.memory {
         return run_memory(&args);
     }
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
     let tokens = (args.batch * args.seq) as f64;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
     for (name, label) in CONFIGS {
         eprintln!("running {label} ...");
-        let out = Command::new(&exe)
-            .args(["bench", "train", "--one", name])
-            .args([
-                "--steps",
-                &args.steps.to_string(),
-                "--batch",
-                &args.batch.to_string(),
-                "--seq",
-                &args.seq.to_string(),
-            ])
-            .output()
-            .with_context(|| format!("running {label}"))?;
+        let out = child(&args, name, args.precision, args.checkpointing)?;
         rows.push((format!("idlora (burn flex): {label}"), parse(&out, label)?));
     }
     if !args.no_python

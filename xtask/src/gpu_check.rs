@@ -9,10 +9,8 @@
 //! run that CI does with `--device cpu`, so the script is known to work before a GPU is lent.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
-use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use clap::Args;
 use idlora_adapter::{MethodConfig, MethodKind};
@@ -20,10 +18,9 @@ use idlora_cluster::PmrcConfig;
 use idlora_models::adapters::BasesSource;
 use idlora_models::layout::Target;
 use idlora_models::{CausalLm, DeviceChoice, ForwardInput, ModelConfig, Precision, pick};
-use idlora_train::batch::collate;
-use idlora_train::loss::nll_sum;
-use idlora_train::template::Example;
 use serde::Serialize;
+
+use crate::bench_train::{timed_steps, token_ids};
 
 /// Arguments of `cargo xtask gpu-check`.
 #[derive(Args)]
@@ -116,45 +113,6 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// Token ids: a fixed pseudo-random sequence below `vocab`.
-fn tokens(n: usize, vocab: usize) -> Vec<u32> {
-    (0..n).map(|i| ((i * 7919 + 13) % vocab.max(2)) as u32).collect()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// Timed AdamW steps of `model` on one batch; (median step seconds, last loss).
-fn train_steps(mut model: CausalLm, batch: usize, seq: usize, steps: usize) -> Result<(f64, f64)> {
-    let device = model.device();
-    let ids = tokens(batch * seq, model.config.vocab_size);
-    let examples: Vec<Example> =
-        ids.chunks(seq).map(|r| Example { tokens: r.to_vec(), prompt_len: 1 }).collect();
-    let rows: Vec<&Example> = examples.iter().collect();
-    let b = collate(&rows, 0);
-    let mut optim = AdamWConfig::new().init();
-    let (mut times, mut loss) = (Vec::new(), f64::NAN);
-    for _ in 0..=steps {
-        let t = Instant::now();
-        let mean = nll_sum(&model, &b)?.div_scalar(b.target_count() as f64);
-        let v = mean
-            .clone()
-            .detach()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| anyhow!("{e:?}"))?;
-        loss = v.first().copied().unwrap_or(f32::NAN) as f64;
-        let grads = GradientsParams::from_grads(mean.backward(), &model);
-        model = optim.step(1e-4, model, grads);
-        device.sync().map_err(|e| anyhow!("synchronising the device: {e:?}"))?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    Ok((median(times[1..].to_vec()), loss))
-}
-
 fn training(args: &GpuCheckArgs, device: &Device) -> Result<Vec<TrainRow>> {
     let (batch, seq) = if args.tiny { (2, 32) } else { (8, 512) };
     let mut rows = Vec::new();
@@ -173,7 +131,7 @@ fn training(args: &GpuCheckArgs, device: &Device) -> Result<Vec<TrainRow>> {
             let bases = BasesSource::Cluster(PmrcConfig { n_init: 1, ..PmrcConfig::default() }, &progress);
             let model =
                 model.apply_adapters(&method, &targets, (kind == MethodKind::IdLora).then_some(bases))?;
-            let (step_s, loss) = train_steps(model, batch, seq, args.steps)?;
+            let (step_s, loss) = timed_steps(model, batch, seq, args.steps)?;
             let tokens_per_s = (batch * seq) as f64 / step_s;
             rows.push(TrainRow {
                 config: name.into(),
@@ -209,14 +167,14 @@ fn stack(args: &GpuCheckArgs, device: &Device) -> Result<StackRow> {
     let model = idlora_models::load::random(config(json)?, 3, &device.clone().autodiff())?
         .with_base_precision(Precision::Bf16)?
         .apply_adapters(&MethodConfig::new(MethodKind::Lora, 8), &Target::ALL, None)?;
-    let (step_s, _) = train_steps(model, 1, seq, args.steps)?;
+    let (step_s, _) = timed_steps(model, 1, seq, args.steps)?;
     Ok(StackRow { shape: shape.into(), step_s, tokens_per_s: seq as f64 / step_s })
 }
 
 /// Logits on the device (f32 and bf16 base) against the CPU's f32 logits.
 fn logits(args: &GpuCheckArgs, device: &Device) -> Result<(f32, f32)> {
     let cpu = small_model(args.tiny, &Device::flex(), Precision::F32)?;
-    let ids = tokens(64, cpu.config.vocab_size);
+    let ids = token_ids(1, 64, cpu.config.vocab_size);
     let input = ForwardInput::single(&ids);
     let want = host(cpu.forward(&input, None)?)?;
     let mut out = Vec::new();

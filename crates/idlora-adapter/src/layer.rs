@@ -5,7 +5,7 @@
 //! `x.matmul(W)`. Files use PEFT's out-major layout; `crate::peft` transposes at the boundary.
 //! Everything method-specific is in `crate::methods`.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{FloatDType, Tensor};
 
@@ -141,11 +141,7 @@ impl AdaptedLinear {
         let Some(adapter) = self.adapter.as_mut() else {
             return Err(AdapterError::NotMergeable { method: "FFT", reason: "there is no adapter" });
         };
-        // Merged in f32, stored back in the base's own precision.
-        let stored = self.base.weight.val().dtype();
-        let w0 = self.base.weight.val().cast(FloatDType::F32);
-        let merged = adapter.merge(&self.name, w0)?.detach().cast(stored);
-        self.base.weight = self.base.weight.map(|_| merged);
+        self.base.weight = in_f32(&self.base.weight, |w0| adapter.merge(&self.name, w0))?;
         self.merged = true;
         Ok(self)
     }
@@ -155,11 +151,19 @@ impl AdaptedLinear {
         let (true, Some(adapter)) = (self.merged, self.adapter.as_mut()) else {
             return Err(invalid(&self.name, "the adapter is not merged".into()));
         };
-        let stored = self.base.weight.val().dtype();
-        let w = self.base.weight.val().cast(FloatDType::F32);
-        let restored = adapter.unmerge(&self.name, w)?.detach().cast(stored);
-        self.base.weight = self.base.weight.map(|_| restored);
+        self.base.weight = in_f32(&self.base.weight, |w| adapter.unmerge(&self.name, w))?;
         self.merged = false;
         Ok(self)
     }
+}
+
+/// `weight` replaced by `f` of its f32 value, detached and stored back in the weight's own
+/// precision (merging computes in f32 whatever the base is stored in).
+fn in_f32(
+    weight: &Param<Tensor<2>>,
+    f: impl FnOnce(Tensor<2>) -> Result<Tensor<2>>,
+) -> Result<Param<Tensor<2>>> {
+    let stored = weight.val().dtype();
+    let new = f(weight.val().cast(FloatDType::F32))?.detach().cast(stored);
+    Ok(weight.clone().map(|_| new))
 }

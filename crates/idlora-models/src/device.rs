@@ -171,25 +171,31 @@ fn cuda(n: usize) -> Result<Picked, DeviceError> {
     })
 }
 
+/// A wgpu device made by `make` (`Device::wgpu`, or `Device::vulkan` pinned to Vulkan): the
+/// default adapter, or with `real_gpu_only` a discrete GPU, then an integrated one (never a
+/// software renderer).
 #[cfg(feature = "wgpu")]
-fn wgpu(real_gpu_only: bool) -> Result<Picked, DeviceError> {
+fn wgpu_adapter(
+    make: fn(burn::tensor::DeviceKind) -> Device,
+    label: &str,
+    real_gpu_only: bool,
+) -> Result<Picked, DeviceError> {
     use burn::tensor::DeviceKind;
     if !real_gpu_only {
-        return probe(Device::wgpu(DeviceKind::DefaultDevice), "wgpu default adapter".into());
+        return probe(make(DeviceKind::DefaultDevice), format!("{label} default adapter"));
     }
-    probe(Device::wgpu(DeviceKind::DiscreteGpu(0)), "wgpu discrete GPU 0".into())
-        .or_else(|_| probe(Device::wgpu(DeviceKind::IntegratedGpu(0)), "wgpu integrated GPU 0".into()))
+    probe(make(DeviceKind::DiscreteGpu(0)), format!("{label} discrete GPU 0"))
+        .or_else(|_| probe(make(DeviceKind::IntegratedGpu(0)), format!("{label} integrated GPU 0")))
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu(real_gpu_only: bool) -> Result<Picked, DeviceError> {
+    wgpu_adapter(Device::wgpu, "wgpu", real_gpu_only)
 }
 
 #[cfg(feature = "vulkan")]
 fn vulkan(real_gpu_only: bool) -> Result<Picked, DeviceError> {
-    use burn::tensor::DeviceKind;
-    if !real_gpu_only {
-        return probe(Device::vulkan(DeviceKind::DefaultDevice), "Vulkan (SPIR-V) default adapter".into());
-    }
-    probe(Device::vulkan(DeviceKind::DiscreteGpu(0)), "Vulkan (SPIR-V) discrete GPU 0".into()).or_else(|_| {
-        probe(Device::vulkan(DeviceKind::IntegratedGpu(0)), "Vulkan (SPIR-V) integrated GPU 0".into())
-    })
+    wgpu_adapter(Device::vulkan, "Vulkan (SPIR-V)", real_gpu_only)
 }
 
 #[cfg(not(feature = "vulkan"))]

@@ -25,8 +25,10 @@ use burn::tensor::{FloatDType, Tensor};
 use crate::error::{ModelError, Result};
 use crate::model::CausalLm;
 
-/// A storage precision for the frozen base.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// A storage precision for the frozen base. Written `f32`, `bf16` or `f16`, in configs and on the
+/// command line alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// 32-bit floats (what checkpoints are read into).
     #[default]
@@ -79,20 +81,6 @@ impl FromStr for Precision {
     }
 }
 
-// The same strings as the command line's `--precision`.
-impl serde::Serialize for Precision {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Precision {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 /// `param` stored in `dtype`, frozen (a cast tensor is no leaf of the graph: it cannot train).
 fn frozen_cast<const D: usize>(param: Param<Tensor<D>>, dtype: FloatDType) -> Param<Tensor<D>> {
     param.map(|t| t.detach().cast(dtype)).set_require_grad(false)
@@ -107,11 +95,12 @@ impl CausalLm {
 
     /// Stores the frozen base in `precision`: the token embedding, the head and every
     /// projection's weight are cast and frozen; norms, biases and adapters are left in f32.
-    /// `F32` returns the model as it is. Training the base itself (full fine-tuning) needs f32
+    /// A model already in `precision` is returned as it is. Training the base itself (full fine-tuning) needs f32
     /// weights, so a projection without adapter is frozen too: apply adapters afterwards, or to
     /// a model that already has them.
     pub fn with_base_precision(mut self, precision: Precision) -> Result<Self> {
-        if precision == Precision::F32 && self.base_precision() == Precision::F32 {
+        // Loaded in this precision already (`load_as`), or asked for f32 of an f32 model.
+        if precision == self.base_precision() {
             return Ok(self);
         }
         let dtype = precision.dtype();

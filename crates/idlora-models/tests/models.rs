@@ -87,6 +87,9 @@ fn bf16_base_logits_are_within_bf16_noise_of_transformers_bf16() {
         let m = model(case).with_base_precision(Precision::Bf16).unwrap();
         assert_eq!(m.base_precision(), Precision::Bf16);
         let ours = vec3(m.forward(&ForwardInput::single(&tokens), None).unwrap());
+        // Casting while reading (`load_as`) gives the same model as casting afterwards.
+        let read_as = idlora_models::load::load_as(&dir, &Device::flex(), Precision::Bf16).unwrap();
+        assert_eq!(vec3(read_as.forward(&ForwardInput::single(&tokens), None).unwrap()), ours, "{case}");
         let e_hf = max_abs(&hf_bf16, &hf_f32);
         let e_ours = max_abs(&ours, &hf_f32);
         let d = max_abs(&ours, &hf_bf16);

@@ -464,8 +464,20 @@ impl TrainConfig {
         if !(c.tol.is_finite() && c.tol >= 0.0) {
             return Err(config_err("cluster.tol", format!("{} must be a number >= 0", c.tol)));
         }
-        let (k, r) = (self.method.k, self.method.r);
-        let size_min = c.size_min.unwrap_or(r);
+        let pmrc = PmrcConfig {
+            k: self.method.k,
+            rank: self.method.r,
+            size_min: c.size_min,
+            size_max: c.size_max,
+            n_init: c.n_init,
+            max_iter: c.max_iter,
+            tol: c.tol,
+            seed: c.seed,
+            selector: c.selector,
+            solver: c.solver,
+        };
+        // The size the clustering will use (`None` means the rank, as PmrcConfig says).
+        let (size_min, r) = (pmrc.kmeans().size_min, self.method.r);
         if size_min < r && c.selector == Selector::Pmrc {
             return Err(config_err(
                 "cluster.size_min",
@@ -477,18 +489,7 @@ impl TrainConfig {
         {
             return Err(config_err("cluster.size_max", format!("{max} is below size_min = {size_min}")));
         }
-        Ok(PmrcConfig {
-            k,
-            rank: r,
-            size_min: c.size_min,
-            size_max: c.size_max,
-            n_init: c.n_init,
-            max_iter: c.max_iter,
-            tol: c.tol,
-            seed: c.seed,
-            selector: c.selector,
-            solver: c.solver,
-        })
+        Ok(pmrc)
     }
 
     /// Micro-batches per optimizer step.

@@ -4,7 +4,7 @@
 //! GPU through wgpu, then the CPU; a named backend that is not built or has no device is an error
 //! naming the key (never a panic).
 
-use burn::tensor::Device;
+use burn::tensor::{Device, GradientCheckpointingStrategy};
 use idlora_models::pick;
 
 use crate::config::TrainConfig;
@@ -59,4 +59,27 @@ pub fn pick_devices(cfg: &TrainConfig) -> Result<TrainDevices> {
 pub fn training_device(cfg: &TrainConfig, device: Device) -> Device {
     let device = device.autodiff();
     if cfg.train.gradient_checkpointing { device.gradient_checkpointing() } else { device }
+}
+
+/// Checks that a model on `device` can train as `cfg` says: autodiff, and the gradient
+/// checkpointing strategy that `train.gradient_checkpointing` asks for (what [`training_device`]
+/// gives).
+pub fn check_training_device(cfg: &TrainConfig, device: &Device) -> Result<()> {
+    if !device.is_autodiff() {
+        return Err(config_err("train.device", "training needs an autodiff device (Device::autodiff())"));
+    }
+    let checkpointing =
+        device.gradient_checkpointing_strategy() == Some(GradientCheckpointingStrategy::Balanced);
+    if cfg.train.gradient_checkpointing != checkpointing {
+        return Err(config_err(
+            "train.gradient_checkpointing",
+            format!(
+                "is {} but the model's device has checkpointing {}: load the model on \
+                 `devices::training_device(cfg, device)` (what `devices::pick_devices` gives)",
+                cfg.train.gradient_checkpointing,
+                if checkpointing { "on" } else { "off" }
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -19,39 +19,46 @@ fn micro_seed(seed: u64, index: usize) -> u64 {
     z ^ (z >> 31)
 }
 
+/// One step's work: its micro-batches, each with its global index (which seeds its dropout), the
+/// run's seed, and the step's target count, by which every micro-batch's loss is divided so that
+/// the gradients sum to those of the step's mean.
+#[derive(Clone, Copy)]
+pub(super) struct StepBatches<'a> {
+    pub batches: &'a [(usize, Batch)],
+    pub seed: u64,
+    pub targets: usize,
+}
+
 /// The step's gradients on the model's device, or spread over it and `replicas` when there are
 /// any. Returns the gradients and the summed negative log-likelihood.
 pub(super) fn step_grads(
     model: &CausalLm,
     replicas: &[Device],
-    batches: &[&(usize, Batch)],
-    seed: u64,
-    step_targets: usize,
+    step: StepBatches<'_>,
 ) -> Result<(GradientsParams, f64)> {
     if replicas.is_empty() {
-        micro_batch_grads(model, batches, seed, step_targets)
+        micro_batch_grads(model, step, 0, 1)
     } else {
-        data_parallel_grads(model, replicas, batches, seed, step_targets)
+        data_parallel_grads(model, replicas, step)
     }
 }
 
-/// Forward and backward of `batches` on `model`, gradients accumulated; the loss of each
-/// micro-batch is divided by `step_targets` so that the sum is the step's mean. Returns the
-/// gradients and the summed negative log-likelihood.
+/// Forward and backward of the micro-batches `first, first + stride, ...` of `step` on `model`,
+/// gradients accumulated. Returns the gradients and the summed negative log-likelihood.
 fn micro_batch_grads(
     model: &CausalLm,
-    batches: &[&(usize, Batch)],
-    seed: u64,
-    step_targets: usize,
+    step: StepBatches<'_>,
+    first: usize,
+    stride: usize,
 ) -> Result<(GradientsParams, f64)> {
     let device = model.device();
     let mut acc = GradientsAccumulator::<CausalLm>::new();
     let mut nll_total = 0.0;
-    for (g, batch) in batches {
-        device.seed(micro_seed(seed, *g));
+    for (g, batch) in step.batches.iter().skip(first).step_by(stride) {
+        device.seed(micro_seed(step.seed, *g));
         let nll = nll_sum(model, batch)?;
         nll_total += scalar(nll.clone().detach(), "loss")?;
-        let grads = nll.div_scalar(step_targets.max(1) as f64).backward();
+        let grads = nll.div_scalar(step.targets.max(1) as f64).backward();
         acc.accumulate(model, GradientsParams::from_grads(grads, model));
     }
     Ok((acc.grads(), nll_total))
@@ -62,9 +69,7 @@ fn micro_batch_grads(
 fn data_parallel_grads(
     model: &CausalLm,
     replicas: &[Device],
-    batches: &[&(usize, Batch)],
-    seed: u64,
-    step_targets: usize,
+    step: StepBatches<'_>,
 ) -> Result<(GradientsParams, f64)> {
     let main = model.device();
     let devices: Vec<Device> = std::iter::once(main.clone()).chain(replicas.iter().cloned()).collect();
@@ -74,9 +79,8 @@ fn data_parallel_grads(
             .iter()
             .enumerate()
             .map(|(j, dev)| {
-                let mine: Vec<&(usize, Batch)> = batches.iter().skip(j).step_by(n).copied().collect();
                 let replica = if j == 0 { model.clone() } else { model.clone().fork(dev) };
-                scope.spawn(move || micro_batch_grads(&replica, &mine, seed, step_targets))
+                scope.spawn(move || micro_batch_grads(&replica, step, j, n))
             })
             .collect();
         handles

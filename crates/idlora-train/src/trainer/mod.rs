@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use burn::module::Module;
-use burn::tensor::{Device, GradientCheckpointingStrategy, Tensor};
+use burn::tensor::{Device, Tensor};
 use idlora_models::{CausalLm, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::collate;
 use crate::config::TrainConfig;
-use crate::error::{Result, TrainError, config_err};
+use crate::devices::check_training_device;
+use crate::error::{Result, TrainError};
 use crate::loss::nll_sum;
 use crate::mixture::Mixture;
 use crate::template::Example;
@@ -162,23 +163,7 @@ pub fn train(
     observer: &dyn Observer,
 ) -> Result<RunSummary> {
     cfg.validate()?;
-    let device = model.device();
-    if !device.is_autodiff() {
-        return Err(config_err("train.device", "training needs an autodiff device (Device::autodiff())"));
-    }
-    let checkpointing =
-        device.gradient_checkpointing_strategy() == Some(GradientCheckpointingStrategy::Balanced);
-    if cfg.train.gradient_checkpointing != checkpointing {
-        return Err(config_err(
-            "train.gradient_checkpointing",
-            format!(
-                "is {} but the model's device has checkpointing {}: load the model on \
-                 `devices::training_device(cfg, device)` (what `devices::pick_devices` gives)",
-                cfg.train.gradient_checkpointing,
-                if checkpointing { "on" } else { "off" }
-            ),
-        ));
-    }
+    check_training_device(cfg, &model.device())?;
     let folder = RunFolder::open(cfg, opts.resume)?;
     let eos = tokenizer.eos.first().copied();
     let mixture = Mixture::prepare(cfg, tokenizer, eos)?;

@@ -108,8 +108,10 @@ pub(super) fn attach_adapters(
     } else {
         None
     };
-    // The base in its storage precision (after clustering, which reads the f32 weights; before
-    // the adapters, which are f32 and see the base through `base_weight_f32`).
+    // The base in its storage precision (a no-op for a model loaded with `load_as` in it). After
+    // clustering, which reads the weights as they are stored then (bf16-rounded when the model
+    // was loaded in bf16); before the adapters, which are f32 and read W0 through
+    // `base_weight_f32`.
     let model = model.with_base_precision(cfg.train.precision)?;
     // Adapter initialisation (LoRA's A, routers) draws from the device's generator: seed it so
     // that the same config gives the same run.

@@ -11,7 +11,7 @@ use burn::tensor::Bytes;
 use idlora_adapter::MethodConfig;
 use idlora_models::CausalLm;
 
-use super::grads::{grad_norm, scale_grads, step_grads};
+use super::grads::{StepBatches, grad_norm, scale_grads, step_grads};
 use super::metrics_log::MetricsLog;
 use super::prepare::{Adapted, Examples, StepPlan, optimizer};
 use super::run_folder::RunFolder;
@@ -186,9 +186,8 @@ impl<'a> Session<'a> {
         let batches = self.next_batches();
         let step_targets: usize = batches.iter().map(|(_, b)| b.target_count()).sum();
         let step_tokens: usize = batches.iter().map(|(_, b)| b.real_tokens).sum();
-        let refs: Vec<&(usize, Batch)> = batches.iter().collect();
-        let seed = self.cfg.train.seed;
-        let (mut grads, nll) = step_grads(&self.model, &self.opts.replicas, &refs, seed, step_targets)?;
+        let work = StepBatches { batches: &batches, seed: self.cfg.train.seed, targets: step_targets };
+        let (mut grads, nll) = step_grads(&self.model, &self.opts.replicas, work)?;
         let step = self.state.step + 1;
         let loss = nll / step_targets.max(1) as f64;
         let norm = grad_norm(&self.model, &grads)?;
