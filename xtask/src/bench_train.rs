@@ -46,7 +46,7 @@ pub struct TrainBenchArgs {
     /// Also write the Markdown table to this file.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Internal: run one configuration (`lora-8`, `lora-128`, `idlora-128`) and print JSON.
+    /// Internal: run one configuration (`METHOD-R` such as `lora-8`, `idlora-128`, or `full`) and print JSON.
     #[arg(long, hide = true)]
     one: Option<String>,
     /// Precision of the frozen base: f32, bf16 or f16 (`--precisions` runs several side by side).
@@ -80,14 +80,7 @@ fn run_one(name: &str, args: &TrainBenchArgs) -> Result<()> {
     device.seed(0);
     let model = load_as(&gguf, &device, args.precision)?;
     let base_params = model.num_params();
-    let (method, targets) = match name {
-        "lora-8" => (MethodConfig::new(MethodKind::Lora, 8), Target::ALL.to_vec()),
-        "lora-128" | "idlora-128" => {
-            let kind = if name == "lora-128" { MethodKind::Lora } else { MethodKind::IdLora };
-            (MethodConfig::new(kind, 128), vec![Target::Q, Target::O, Target::Gate, Target::Up, Target::Down])
-        }
-        other => bail!("unknown configuration `{other}`"),
-    };
+    let (method, targets) = parse_config(name)?;
     // Clustering is not timed; one restart is enough for a speed measurement.
     let progress = |_: usize, _: usize| {};
     let bases = BasesSource::Cluster(PmrcConfig { n_init: 1, ..PmrcConfig::default() }, &progress);
@@ -99,6 +92,27 @@ fn run_one(name: &str, args: &TrainBenchArgs) -> Result<()> {
         serde_json::json!({"step_s": step_s, "peak_rss_mb": peak_rss_mb(), "loss": loss, "base_params": base_params})
     );
     Ok(())
+}
+
+/// A configuration name, `METHOD-R` (`lora-8`, `dora-8`, `idlora-128`, ...) or `full`: the
+/// method at rank `R` with the paper's other settings, on all seven projections below r = 128
+/// and on q, o, gate, up, down from r = 128 (SmolLM2's k/v have 192 rows, fewer than ID-LoRA's
+/// `k r = 512`; LoRA at that rank uses the same projections so that the two compare).
+pub(crate) fn parse_config(name: &str) -> Result<(MethodConfig, Vec<Target>)> {
+    if name == "full" {
+        return Ok((MethodConfig::new(MethodKind::Full, 0), Target::ALL.to_vec()));
+    }
+    let Some((kind, r)) = name.rsplit_once('-') else {
+        bail!("configuration `{name}` is not METHOD-R (lora-8, idlora-128, ...) or full");
+    };
+    let kind: MethodKind = kind.parse()?;
+    let r: usize = r.parse().with_context(|| format!("configuration `{name}`: `{r}` is not a rank"))?;
+    let targets = if r >= 128 {
+        vec![Target::Q, Target::O, Target::Gate, Target::Up, Target::Down]
+    } else {
+        Target::ALL.to_vec()
+    };
+    Ok((MethodConfig::new(kind, r), targets))
 }
 
 /// One warm-up and `steps` timed training steps (forward, backward, AdamW) of `model` on one
@@ -139,15 +153,32 @@ fn child(
     precision: Precision,
     checkpointing: bool,
 ) -> Result<std::process::Output> {
+    child_with(name, precision, checkpointing, args.steps, args.batch, args.seq)
+}
+
+/// Runs `bench train --one name` in its own process: `steps` timed steps of `batch x seq` tokens.
+pub(crate) fn child_with(
+    name: &str,
+    precision: Precision,
+    checkpointing: bool,
+    steps: usize,
+    batch: usize,
+    seq: usize,
+) -> Result<std::process::Output> {
     let exe = std::env::current_exe().context("locating the xtask binary")?;
     let mut cmd = Command::new(exe);
     cmd.args(["bench", "train", "--one", name, "--precision", &precision.to_string()]);
-    cmd.args(["--steps", &args.steps.to_string(), "--batch", &args.batch.to_string()]);
-    cmd.args(["--seq", &args.seq.to_string()]);
+    cmd.args(["--steps", &steps.to_string(), "--batch", &batch.to_string()]);
+    cmd.args(["--seq", &seq.to_string()]);
     if checkpointing {
         cmd.arg("--checkpointing");
     }
     cmd.output().with_context(|| format!("running {name} ({precision})"))
+}
+
+/// The peak resident MiB a `--one` child reported.
+pub(crate) fn parse_peak(out: &std::process::Output, what: &str) -> Result<f64> {
+    Ok(parse(out, what)?.1)
 }
 
 /// The memory table: each configuration with an f32 base, a bf16 base and a bf16 base with

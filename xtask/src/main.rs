@@ -12,6 +12,7 @@ mod gpu_check;
 mod lm;
 mod params;
 mod paths;
+mod plan;
 mod setup;
 mod train;
 
@@ -62,6 +63,9 @@ enum Command {
     /// (LoRA r=8, ID-LoRA r=128; f32 and bf16 base), an 8B-shaped layer stack; `--tiny --device
     /// cpu` is its dry run.
     GpuCheck(gpu_check::GpuCheckArgs),
+    /// Predicted memory per device of a training step (weights, adapter, gradients, AdamW,
+    /// activations, head) and whether it fits; `--validate` measures CPU peaks against it.
+    Plan(plan::PlanArgs),
     /// Prepare a build: `setup cuda` fetches (pip) the static LLVM that `--features cuda` links,
     /// so that the CUDA build works without internet.
     Setup(setup::SetupArgs),
@@ -129,6 +133,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Setup(args) => setup::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::GpuCheck(args) => gpu_check::run(args),
         Command::Bench { which: BenchCommand::Cluster(args) } => bench_cluster::run(args),
         Command::Bench { which: BenchCommand::AdapterTable(args) } => bench_adapter::run(args),

@@ -83,6 +83,7 @@ impl CausalLm {
             }
             return Ok(self);
         }
+        let method = &self.config.resolve_parts(method, targets)?;
         let sets = if method.kind == MethodKind::IdLora {
             let source = bases.ok_or_else(|| {
                 ModelError::Input("ID-LoRA needs index sets: cluster the weights or give a bases file".into())

@@ -177,6 +177,7 @@ impl ModelConfig {
         if method.kind == MethodKind::Full {
             return Ok(self.base_params());
         }
+        let method = &self.resolve_parts(method, targets)?;
         let mut per_layer = 0;
         for &t in targets {
             let (d_in, d_out) = self.target_shape(t);
@@ -191,5 +192,52 @@ impl ModelConfig {
             })?;
         }
         Ok(per_layer * self.num_layers)
+    }
+
+    /// ID-LoRA's rank-boosting parts `p` made concrete for `targets` of this model. `B` is
+    /// `[d_out / p, k r / p]`, so `p` must divide `k r` and every adapted `d_out`. Unset
+    /// (`method.p = None`), it is the largest such `p` not above `k`: `k` itself whenever that
+    /// divides (the paper's `p = k`), otherwise the next smaller valid value, for example
+    /// `p = 4` for `k = 6, r = 128` on LLaMA-3-8B (6 divides neither 4096 nor 1024). A `p` that
+    /// was set and does not divide is an error naming `method.p` and the valid values. Other
+    /// methods, and ID-LoRA without rank boosting, are returned as they are.
+    ///
+    /// ```
+    /// use idlora_adapter::{MethodConfig, MethodKind};
+    /// use idlora_models::{ModelConfig, layout::Target};
+    /// let config = ModelConfig::from_hf_file("../../configs/models/llama-3-8b.json".as_ref())?;
+    /// let mut m = MethodConfig::new(MethodKind::IdLora, 128);
+    /// m.k = 6;
+    /// assert_eq!(config.resolve_parts(&m, &Target::ALL)?.p, Some(4));
+    /// # Ok::<(), idlora_models::ModelError>(())
+    /// ```
+    pub fn resolve_parts(&self, method: &MethodConfig, targets: &[Target]) -> Result<MethodConfig> {
+        if method.kind != MethodKind::IdLora || !method.rank_boost {
+            return Ok(method.clone());
+        }
+        let kr = method.k * method.r;
+        let outs: Vec<usize> = targets.iter().map(|&t| self.target_shape(t).1).collect();
+        let divides = |p: usize| p > 0 && kr.is_multiple_of(p) && outs.iter().all(|o| o.is_multiple_of(p));
+        let valid: Vec<usize> = (1..=method.k.max(1)).filter(|&p| divides(p)).collect();
+        let p = match method.p {
+            Some(p) if divides(p) => p,
+            Some(p) => {
+                let mut outs = outs.clone();
+                outs.sort_unstable();
+                outs.dedup();
+                return Err(ModelError::Setting {
+                    setting: "method.p",
+                    message: format!(
+                        "p = {p} must divide k r = {kr} (k = {}, r = {}) and every adapted d_out {outs:?}; \
+                         valid values up to k: {valid:?} (leave it unset for the largest)",
+                        method.k, method.r
+                    ),
+                });
+            }
+            None => valid.last().copied().unwrap_or(1),
+        };
+        let mut resolved = method.clone();
+        resolved.p = Some(p);
+        Ok(resolved)
     }
 }

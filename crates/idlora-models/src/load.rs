@@ -35,7 +35,30 @@ pub fn load(path: &Path, device: &Device) -> Result<CausalLm> {
 /// its 32 GB f32 form).
 pub fn load_as(path: &Path, device: &Device, precision: Precision) -> Result<CausalLm> {
     let weights = Weights::open(path)?;
-    let config = match weights.gguf() {
+    let config = config_of(&weights, path)?;
+    from_weights_as(&weights, config, device, precision)
+}
+
+/// The model configuration of a checkpoint, without reading its tensors: a `config.json`, a
+/// Hugging Face folder (its `config.json`) or a GGUF file (its metadata).
+///
+/// ```no_run
+/// let config = idlora_models::load::read_config("SmolLM2-135M-Instruct.Q4_1.gguf".as_ref())?;
+/// println!("{} layers", config.num_layers);
+/// # Ok::<(), idlora_models::ModelError>(())
+/// ```
+pub fn read_config(path: &Path) -> Result<ModelConfig> {
+    if path.extension().is_some_and(|e| e == "json") {
+        return ModelConfig::from_hf_file(path);
+    }
+    if path.is_dir() {
+        return ModelConfig::from_hf_file(&path.join("config.json"));
+    }
+    config_of(&Weights::open(path)?, path)
+}
+
+fn config_of(weights: &Weights, path: &Path) -> Result<ModelConfig> {
+    Ok(match weights.gguf() {
         Some(g) => {
             let tied = !weights.tensor_names().iter().any(|n| n == "lm_head.weight");
             ModelConfig::from_gguf(g, tied)?
@@ -48,8 +71,7 @@ pub fn load_as(path: &Path, device: &Device, precision: Precision) -> Result<Cau
             };
             ModelConfig::from_hf_file(&dir.join("config.json"))?
         }
-    };
-    from_weights_as(&weights, config, device, precision)
+    })
 }
 
 /// The tensor names a model with `config` reads.

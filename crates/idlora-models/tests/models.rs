@@ -464,6 +464,34 @@ fn table_6_is_reproduced_to_the_integer() {
 }
 
 #[test]
+fn id_lora_k6_takes_the_largest_dividing_p_and_a_bad_p_names_the_valid_ones() {
+    let llama = idlora_models::ModelConfig::from_hf_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/models/llama-3-8b.json"),
+    )
+    .unwrap();
+    let mut m = MethodConfig::new(MethodKind::IdLora, 128);
+    m.k = 6;
+    // k r = 768; 6 divides neither 4096 nor 1024, so p = 4 (the largest of 1, 2, 4).
+    assert_eq!(llama.resolve_parts(&m, &Target::ALL).unwrap().p, Some(4));
+    // By hand, per layer: B is d_out/4 x 768/4 (48 d_out) and the router 6 d_in.
+    // d_out sum 4096+1024+1024+4096+14336+14336+4096 = 43008; d_in sum 6 x 4096 + 14336 = 38912.
+    let per_layer = 48 * 43_008 + 6 * 38_912;
+    assert_eq!(llama.trainable_params(&m, &Target::ALL).unwrap(), 32 * per_layer);
+    // k = 4 keeps the paper's p = k.
+    assert_eq!(
+        llama.resolve_parts(&MethodConfig::new(MethodKind::IdLora, 128), &Target::ALL).unwrap().p,
+        Some(4)
+    );
+    m.p = Some(6);
+    let err = llama.trainable_params(&m, &Target::ALL).unwrap_err().to_string();
+    assert!(err.contains("method.p") && err.contains("[1, 2, 4]"), "{err}");
+    // On q alone (d_out 4096) with r = 96 (k r = 576): p = 4 still, 3 and 6 do not divide 4096.
+    m.p = None;
+    m.r = 96;
+    assert_eq!(llama.resolve_parts(&m, &[Target::Q]).unwrap().p, Some(4));
+}
+
+#[test]
 fn targets_parse_and_parameter_counts_name_the_layer_at_fault() {
     assert_eq!(Target::parse_list("q,k,v,o,gate,up,down").unwrap(), Target::ALL.to_vec());
     assert_eq!(

@@ -25,6 +25,7 @@ pub mod devices;
 pub mod error;
 pub mod loss;
 pub mod mixture;
+pub mod plan;
 pub mod plot;
 pub mod schedule;
 pub mod template;

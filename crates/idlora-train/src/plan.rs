@@ -1,0 +1,424 @@
+//! Memory plans: how many bytes one training step needs on each device, before running it.
+//!
+//! A plan adds up what a step holds at its peak, from the model's shapes and the method's own
+//! forward pass, term by term:
+//!
+//! - **weights**: the frozen base in its storage precision (plus, for full fine-tuning, the
+//!   whole model in f32, since then it is the trainable part);
+//! - **adapter**: the trainable parameters (f32), their **gradients** (f32) and **AdamW**'s two
+//!   moments (f32 each);
+//! - **activations**: every tensor the autodiff graph keeps from the forward pass for the
+//!   backward, per token and per layer, counted from this crate's forward code (see
+//!   [`layer_saved_floats`]): the residual stream and the norms' statistics, attention's
+//!   inputs and output, SwiGLU's two inputs, and what each adapter keeps (dropout masks, the
+//!   dropped input, the rank-`r` intermediate, router inputs and weights);
+//! - **head**: what the head's backward holds while every activation is still alive (see
+//!   [`Backend`]): on the CPU the f32 logits, whose buffer the fused cross-entropy's gradient
+//!   overwrites, and with a half base the half gradient, burn-flex's f32 copy of it and of the
+//!   embedding for the product; for full fine-tuning also the embedding's (or head's) gradient,
+//!   which the head's backward writes first;
+//! - **runtime**: the process or the GPU context (a fixed allowance, stated in [`Backend`]).
+//!
+//! The peak is where the backward starts: weights, trainable parameters and AdamW's moments,
+//! all activations and the head's tensors at once. Gradients are written as the backward frees
+//! the activations, so they count only where they outgrow them: the peak is `weights + params +
+//! moments + runtime + max(activations + head, gradients)`. The numbers are validated against
+//! measured peaks on the CPU in `docs/memory-plan.md` (`cargo xtask plan --validate`).
+//!
+//! ```
+//! use idlora_adapter::{MethodConfig, MethodKind};
+//! use idlora_models::{ModelConfig, Precision, Target};
+//! use idlora_train::plan::{Backend, PlanSettings, plan};
+//!
+//! let json = r#"{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+//!     "num_attention_heads": 4, "vocab_size": 100}"#;
+//! let config = ModelConfig::from_hf_json(json, "config.json")?;
+//! let settings = PlanSettings {
+//!     method: MethodConfig::new(MethodKind::Lora, 8),
+//!     targets: Target::ALL.to_vec(),
+//!     precision: Precision::Bf16,
+//!     micro_batch: 2,
+//!     seq: 16,
+//!     gradient_checkpointing: false,
+//!     devices: 1,
+//!     backend: Backend::Gpu,
+//! };
+//! let p = plan(&config, &settings)?;
+//! assert_eq!(p.weights, config.base_params() as u64 * 2);
+//! assert!(p.total() > p.weights + p.activations);
+//! # Ok::<(), idlora_train::TrainError>(())
+//! ```
+
+use idlora_adapter::{DropoutSite, MethodConfig, MethodKind};
+use idlora_models::{ModelConfig, Precision, Target};
+use serde::Serialize;
+
+use crate::error::{Result, config_err};
+
+/// Which kind of backend the step runs on: it decides which fused kernels exist and how
+/// half-precision products are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// burn's CPU backend with idlora's fused kernels (causal attention keeps `q, k, v`, its
+    /// output and one log-sum-exp per row; SwiGLU keeps its two inputs; cross-entropy keeps the
+    /// logits). Half-precision products are computed by converting to f32, so the largest
+    /// half weight (the embedding, in the head) has an f32 copy at the peak. Runtime: 64 MiB
+    /// (the binary, thread stacks, the allocator's retained pages).
+    Cpu,
+    /// CUDA or wgpu: burn's generic operations (attention keeps its `[heads, seq, seq]` scores
+    /// twice per sequence and the key/value heads repeated; SwiGLU keeps four `[intermediate]`
+    /// tensors; the composed cross-entropy keeps three `[vocab]` rows per token), native half
+    /// products. Runtime: 1 GiB (CUDA context and the allocator's pools). Not yet measured on a
+    /// GPU.
+    Gpu,
+}
+
+impl Backend {
+    fn runtime_bytes(self) -> u64 {
+        match self {
+            Backend::Cpu => 64 << 20,
+            Backend::Gpu => 1 << 30,
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Backend::Cpu),
+            "gpu" | "cuda" | "wgpu" | "vulkan" => Ok(Backend::Gpu),
+            other => Err(format!("unknown backend `{other}` (cpu or gpu)")),
+        }
+    }
+}
+
+/// What a plan is for.
+#[derive(Clone, Debug)]
+pub struct PlanSettings {
+    /// The method and its settings (rank, dropout, `k`, experts ...).
+    pub method: MethodConfig,
+    /// The adapted projections.
+    pub targets: Vec<Target>,
+    /// Storage precision of the frozen base.
+    pub precision: Precision,
+    /// Sequences per micro-batch on one device.
+    pub micro_batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// `train.gradient_checkpointing` (burn's Balanced strategy; see [`MemoryPlan::notes`]).
+    pub gradient_checkpointing: bool,
+    /// Devices sharing the batch (each holds a replica of the model).
+    pub devices: usize,
+    /// The backend kind.
+    pub backend: Backend,
+}
+
+/// Predicted bytes on the main device at the peak of one training step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemoryPlan {
+    /// The frozen (or, for full fine-tuning, trained) model weights.
+    pub weights: u64,
+    /// Trainable parameters (f32).
+    pub adapter_params: u64,
+    /// Their gradients (f32).
+    pub gradients: u64,
+    /// AdamW's first and second moments (f32).
+    pub optimizer: u64,
+    /// Tensors kept for the backward pass over all decoder layers.
+    pub activations: u64,
+    /// What the head's backward holds at the peak (logits, their gradient, transients).
+    pub head: u64,
+    /// Process or GPU context allowance.
+    pub runtime: u64,
+    /// Trainable parameter count.
+    pub trainable: usize,
+    /// What the plan does not model.
+    pub notes: Vec<String>,
+}
+
+impl MemoryPlan {
+    /// The predicted peak, in bytes: the backward's start, or its end where the gradients
+    /// outgrow the activations they replace.
+    pub fn total(&self) -> u64 {
+        self.weights
+            + self.adapter_params
+            + self.optimizer
+            + self.runtime
+            + (self.activations + self.head).max(self.gradients)
+    }
+
+    /// Whether the step fits in `device_bytes`, keeping 5% for fragmentation.
+    pub fn fits(&self, device_bytes: u64) -> bool {
+        (self.total() as f64) <= 0.95 * device_bytes as f64
+    }
+}
+
+/// Floats that one adapter on a `d_in -> d_out` projection keeps per token, and whether it keeps
+/// its input `x` itself (which the projections sharing that input then keep once).
+fn adapter_saved(m: &MethodConfig, d_in: usize, d_out: usize) -> (usize, bool) {
+    let r = m.r;
+    // Dropout keeps its mask and the dropped copy (the rank-r product's input); without dropout
+    // the product keeps `x` itself.
+    let (dropped, keeps_x) = if m.dropout > 0.0 { (2 * d_in, false) } else { (0, true) };
+    match m.kind {
+        MethodKind::Full => (0, true),
+        MethodKind::Lora => (dropped + r, keeps_x),
+        // Also the base part and the LoRA part, each `[d_out]`, kept by the products with the
+        // magnitude-over-norm factor.
+        MethodKind::Dora => (dropped + r + 2 * d_out, keeps_x),
+        MethodKind::HydraLora => {
+            let heads = m.experts;
+            // The router keeps x; softmax keeps its output; the outer product keeps the rank-r
+            // intermediate and the scaled weights; the stacked B product keeps `[heads r]`.
+            (dropped + r + heads * r + 2 * heads, true)
+        }
+        MethodKind::MoeLora => {
+            let e = m.experts;
+            (dropped + 2 * e * r + 2 * e, true)
+        }
+        MethodKind::IdLora => {
+            let (k, kr) = (m.k, m.k * r);
+            // The router keeps x and its softmax; the gathered bases `[k r]` (from the base
+            // output: a gather keeps only indices) with dropout keep a mask and the dropped copy,
+            // the product with the router weights keeps them and its result goes to B.
+            let gathered = match (m.dropout > 0.0, m.dropout_site) {
+                (true, DropoutSite::Gathered) => 2 * kr,
+                (true, DropoutSite::Input) => 2 * d_in + kr,
+                (false, _) => kr,
+            };
+            let to_b = if m.rank_boost { kr } else { r };
+            (gathered + to_b + 2 * k, true)
+        }
+    }
+}
+
+/// Floats kept for the backward per token in one decoder layer (f32 activations), for `settings`
+/// on `config`.
+pub fn layer_saved_floats(config: &ModelConfig, settings: &PlanSettings) -> usize {
+    let d = config.hidden_size;
+    let (_, dq) = config.target_shape(Target::Q);
+    let (_, dkv) = config.target_shape(Target::K);
+    let i = config.intermediate_size;
+    let heads = config.num_heads;
+    let m = &settings.method;
+    let full = m.kind == MethodKind::Full;
+
+    // Two RMSNorms: the input (squared and divided) and the per-row rms; with trainable norm
+    // weights (full fine-tuning) also the normalised input.
+    let mut floats = 2 * (d + 1) + if full { 2 * d } else { 0 };
+    // Attention and SwiGLU, by backend.
+    floats += match settings.backend {
+        Backend::Cpu => 2 * dq + 2 * dkv + heads + 2 * i,
+        Backend::Gpu => {
+            // q and the repeated k, v (`[heads, head_dim]` each), the softmax numerator and
+            // output (`heads x seq` each) and the causal mask (one byte per score).
+            let scores = heads * settings.seq;
+            3 * dq + 2 * scores + scores.div_ceil(4) + dq + 4 * i
+        }
+    };
+    // Adapters, and the inputs they keep once per group of projections that share an input.
+    let groups: [(&[Target], usize); 4] = [
+        (&[Target::Q, Target::K, Target::V], d),
+        (&[Target::O], dq),
+        (&[Target::Gate, Target::Up], d),
+        (&[Target::Down], i),
+    ];
+    for (members, input) in groups {
+        let mut keeps_input = false;
+        for t in members.iter().filter(|t| full || settings.targets.contains(t)) {
+            let (d_in, d_out) = config.target_shape(*t);
+            let (own, keeps_x) = adapter_saved(m, d_in, d_out);
+            floats += own;
+            keeps_input |= keeps_x;
+        }
+        if keeps_input {
+            floats += input;
+        }
+    }
+    floats
+}
+
+/// The memory plan of one training step of `settings` on `config`.
+///
+/// Errors name the setting at fault (a method that cannot be built on these shapes, zero sizes).
+pub fn plan(config: &ModelConfig, settings: &PlanSettings) -> Result<MemoryPlan> {
+    if settings.micro_batch == 0 || settings.seq == 0 || settings.devices == 0 {
+        return Err(config_err("plan", "micro-batch, sequence length and devices must be positive"));
+    }
+    let full = settings.method.kind == MethodKind::Full;
+    if full && settings.precision != Precision::F32 {
+        return Err(config_err(
+            "train.precision",
+            "full fine-tuning trains the base itself, which stays f32 (a half base is for adapters)",
+        ));
+    }
+    let trainable = config.trainable_params(&settings.method, &settings.targets)?;
+    let f = 4u64;
+    let tokens = (settings.micro_batch * settings.seq) as u64;
+    let base = config.base_params() as u64;
+    let weights = if full { 0 } else { base * settings.precision.bytes() as u64 };
+    let params = trainable as u64 * f;
+
+    let per_layer = layer_saved_floats(config, settings) as u64;
+    // The final norm keeps its input and rms too.
+    let activations = (per_layer * config.num_layers as u64 + config.hidden_size as u64 + 1) * tokens * f;
+
+    let v = config.vocab_size as u64;
+    let d = config.hidden_size as u64;
+    let logits = tokens * v * f;
+    let half = settings.precision != Precision::F32;
+    let mut head = match settings.backend {
+        // The fused cross-entropy keeps the logits and writes their gradient over them. With a
+        // half base that gradient is cast to half for the head's product, which burn-flex runs
+        // on f32 copies of it and of the embedding.
+        Backend::Cpu if half => (tokens * v * 2 + logits + v * d * f).max(logits),
+        Backend::Cpu => logits,
+        // The composed log-softmax keeps three `[vocab]` rows per token, plus the gradient.
+        Backend::Gpu => 4 * logits,
+    };
+    if full {
+        // The head's own weight gradient comes first in the backward, beside every activation.
+        head += v * d * f;
+    }
+    let mut notes = Vec::new();
+    if settings.gradient_checkpointing {
+        notes.push(
+            "gradient checkpointing is burn's Balanced strategy, which recomputes element-wise \
+             operations but keeps their inputs: on the CPU it measured a higher peak than \
+             without (docs/bench-train.md); the plan counts the step without it"
+                .to_string(),
+        );
+    }
+    if settings.backend == Backend::Gpu {
+        notes.push(
+            "the GPU activation counts follow burn's generic operations and are not yet measured on a GPU"
+                .into(),
+        );
+    }
+    if settings.devices > 1 {
+        notes.push(format!(
+            "{} devices: each holds a replica and its own micro-batch; the figures are per device \
+             (the optimizer state lives on the main one)",
+            settings.devices
+        ));
+    }
+    Ok(MemoryPlan {
+        weights: if full { base * f } else { weights },
+        adapter_params: if full { 0 } else { params },
+        gradients: params,
+        optimizer: 2 * params,
+        activations,
+        head,
+        runtime: settings.backend.runtime_bytes(),
+        trainable,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> ModelConfig {
+        // hidden 8, intermediate 12, one layer, 2 heads of 4 (no grouping), vocab 10, untied.
+        let json = r#"{"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "vocab_size": 10, "tie_word_embeddings": false}"#;
+        ModelConfig::from_hf_json(json, "config.json").unwrap()
+    }
+
+    fn settings(method: MethodConfig, targets: &[Target]) -> PlanSettings {
+        PlanSettings {
+            method,
+            targets: targets.to_vec(),
+            precision: Precision::F32,
+            micro_batch: 1,
+            seq: 3,
+            gradient_checkpointing: false,
+            devices: 1,
+            backend: Backend::Cpu,
+        }
+    }
+
+    #[test]
+    fn lora_on_q_by_hand() {
+        let c = tiny();
+        let s = settings(MethodConfig::new(MethodKind::Lora, 2).with_dropout(0.0), &[Target::Q]);
+        // Norms 2 (8 + 1); CPU attention q, k, v, out (8 each) + 2 lse; SwiGLU 2 x 12; LoRA's
+        // rank-2 intermediate; q's input kept once (no dropout).
+        assert_eq!(layer_saved_floats(&c, &s), 18 + 32 + 2 + 24 + 2 + 8);
+        let p = plan(&c, &s).unwrap();
+        // 86 per layer, plus the final norm's 9, for 3 tokens, 4 bytes each.
+        assert_eq!(p.activations, (86 + 9) * 3 * 4);
+        // The logits of 3 tokens over 10 words; the gradient overwrites them.
+        assert_eq!(p.head, 3 * 10 * 4);
+        assert_eq!(p.trainable, 2 * (8 + 8));
+        assert_eq!((p.adapter_params, p.gradients, p.optimizer), (128, 128, 256));
+        // Embedding and head 80 each, q k v o 64 each, gate up down 96 each, three norms of 8.
+        assert_eq!(p.weights, (80 + 80 + 4 * 64 + 3 * 96 + 3 * 8) * 4);
+        // Gradients (128) are smaller than the activations they replace: not in the peak.
+        assert_eq!(p.total(), p.weights + 384 + p.activations + p.head + (64 << 20));
+    }
+
+    #[test]
+    fn dropout_keeps_a_mask_and_a_copy_per_adapter() {
+        let c = tiny();
+        let with = settings(MethodConfig::new(MethodKind::Lora, 2), &[Target::Q, Target::K]);
+        let without =
+            settings(MethodConfig::new(MethodKind::Lora, 2).with_dropout(0.0), &[Target::Q, Target::K]);
+        // Without dropout the shared input once (8); with it, mask + copy per adapter (2 x 16).
+        assert_eq!(layer_saved_floats(&c, &with) - layer_saved_floats(&c, &without), 32 - 8);
+    }
+
+    #[test]
+    fn idlora_keeps_gathered_bases_not_its_input_rows() {
+        let c = tiny();
+        let mut m = MethodConfig::new(MethodKind::IdLora, 2);
+        m.k = 2;
+        let base = layer_saved_floats(&c, &settings(MethodConfig::new(MethodKind::Lora, 2), &[]));
+        // Router input 8 (once), router softmax and scaled weights 2 x 2, gathered k r = 4 with
+        // mask and copy (8), rank-boosted product input 4.
+        assert_eq!(layer_saved_floats(&c, &settings(m, &[Target::Q])) - base, 8 + 4 + 8 + 4);
+    }
+
+    #[test]
+    fn a_half_base_halves_the_weights_and_full_fine_tuning_refuses_it() {
+        let c = tiny();
+        let mut s = settings(MethodConfig::new(MethodKind::Lora, 2), &Target::ALL);
+        s.backend = Backend::Gpu;
+        let f32_plan = plan(&c, &s).unwrap();
+        s.precision = Precision::Bf16;
+        let bf16_plan = plan(&c, &s).unwrap();
+        assert_eq!(bf16_plan.weights * 2, f32_plan.weights);
+        assert_eq!(bf16_plan.activations, f32_plan.activations);
+        s.method = MethodConfig::new(MethodKind::Full, 0);
+        assert!(plan(&c, &s).unwrap_err().to_string().contains("train.precision"));
+        s.micro_batch = 0;
+        assert!(plan(&c, &s).is_err());
+    }
+
+    #[test]
+    fn fits_keeps_five_percent() {
+        let c = tiny();
+        let p = plan(&c, &settings(MethodConfig::new(MethodKind::Lora, 2), &Target::ALL)).unwrap();
+        assert!(p.fits(p.total() * 2));
+        assert!(!p.fits(p.total()));
+    }
+
+    #[test]
+    fn full_fine_tuning_counts_its_gradients_where_they_outgrow_the_activations() {
+        let c = tiny();
+        let mut s = settings(MethodConfig::new(MethodKind::Full, 0), &Target::ALL);
+        let p = plan(&c, &s).unwrap();
+        assert_eq!(p.trainable, c.base_params());
+        assert_eq!(p.gradients, c.base_params() as u64 * 4);
+        // One token: activations are tiny, so the end of the backward (all gradients) is the peak.
+        s.seq = 1;
+        let p = plan(&c, &s).unwrap();
+        assert!(p.gradients > p.activations + p.head);
+        assert_eq!(p.total(), p.weights + p.optimizer + p.runtime + p.gradients);
+        // The head's weight gradient (10 x 8) is counted with the head.
+        assert_eq!(p.head, 10 * 4 + 80 * 4);
+    }
+}
