@@ -22,9 +22,10 @@ pub struct PlanArgs {
     /// Method: full, lora, dora, hydralora, moelora, idlora.
     #[arg(long, default_value = "idlora")]
     method: String,
-    /// Rank `r`.
-    #[arg(long, default_value_t = 128)]
-    r: usize,
+    /// Rank `r` [default: the paper's for the method: ID-LoRA 128, LoRA/DoRA 32, HydraLoRA 16,
+    /// MoELoRA 8].
+    #[arg(long)]
+    r: Option<usize>,
     /// ID-LoRA clusters `k`.
     #[arg(long, default_value_t = 4)]
     k: usize,
@@ -108,7 +109,8 @@ pub(crate) fn markdown(title: &str, p: &MemoryPlan, gpu_gib: f64) -> String {
 
 fn settings(args: &PlanArgs) -> Result<PlanSettings> {
     let kind: MethodKind = args.method.parse()?;
-    let mut method = MethodConfig::new(kind, args.r).with_dropout(args.dropout);
+    let r = args.r.unwrap_or_else(|| idlora_train::config::paper_rank(kind));
+    let mut method = MethodConfig::new(kind, r).with_dropout(args.dropout);
     method.k = args.k;
     let targets =
         if args.targets == "all" { Target::ALL.to_vec() } else { Target::parse_list(&args.targets)? };
@@ -238,7 +240,8 @@ const fn case(name: &'static str, precision: Precision, batch: usize, seq: usize
 }
 
 /// The validation grid: every method at 4 x 256, both precisions for the three benchmark
-/// configurations, other shapes for two of them, and checkpointing (reported, not modelled).
+/// configurations, half and twice the tokens, a longer sequence, and checkpointing (reported,
+/// not modelled).
 const CASES: [Case; 16] = [
     case("lora-8", Precision::F32, 4, 256),
     case("lora-8", Precision::Bf16, 4, 256),
@@ -251,8 +254,8 @@ const CASES: [Case; 16] = [
     case("hydralora-8", Precision::F32, 4, 256),
     case("moelora-8", Precision::F32, 4, 256),
     case("full", Precision::F32, 4, 256),
-    case("lora-8", Precision::F32, 2, 512),
-    case("lora-8", Precision::Bf16, 8, 128),
+    case("lora-8", Precision::F32, 2, 256),
+    case("lora-8", Precision::Bf16, 8, 256),
     case("idlora-128", Precision::Bf16, 2, 512),
     Case { name: "lora-8", precision: Precision::Bf16, checkpointing: true, batch: 4, seq: 256 },
     Case { name: "idlora-128", precision: Precision::Bf16, checkpointing: true, batch: 4, seq: 256 },

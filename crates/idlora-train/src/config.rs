@@ -68,8 +68,9 @@ pub struct ModelSection {
 pub struct MethodSection {
     /// `full`, `lora`, `dora`, `hydralora`, `moelora` or `idlora`.
     pub kind: MethodKind,
-    /// Rank `r` (ID-LoRA: rows per cluster).
-    pub r: usize,
+    /// Rank `r` (ID-LoRA: rows per cluster); unset, the paper's rank for `kind`
+    /// ([`paper_rank`]), so that switching `kind` runs the paper's baseline, not ID-LoRA's rank.
+    pub r: Option<usize>,
     /// Scale numerator (`alpha / r`); default `2 r` as in the paper.
     pub alpha: Option<f64>,
     /// Dropout probability.
@@ -103,11 +104,37 @@ fn targets_to_names<S: Serializer>(targets: &[Target], s: S) -> std::result::Res
     s.collect_seq(targets.iter().map(|t| t.module_name().trim_end_matches("_proj")))
 }
 
+/// The rank the paper runs each method at (Tables 1-2): its `# Params` column matched against
+/// Table 6's counts for LLaMA-3-8B. LoRA 1.03% and DoRA 1.05% are r = 32 (83.9 M and 85.3 M),
+/// HydraLoRA 1.10% is r = 16 (89.7 M, 3 heads), MoELoRA 1.09% is r = 8 (88.9 M, 4 experts),
+/// ID-LoRA is r = 128 (Tables 4-5). Full fine-tuning has no rank (0).
+///
+/// ```
+/// use idlora_adapter::MethodKind;
+/// assert_eq!(idlora_train::config::paper_rank(MethodKind::HydraLora), 16);
+/// ```
+pub fn paper_rank(kind: MethodKind) -> usize {
+    match kind {
+        MethodKind::Full => 0,
+        MethodKind::Lora | MethodKind::Dora => 32,
+        MethodKind::HydraLora => 16,
+        MethodKind::MoeLora => 8,
+        MethodKind::IdLora => 128,
+    }
+}
+
+impl MethodSection {
+    /// `r`, or the paper's rank for `kind` when unset.
+    pub fn rank(&self) -> usize {
+        self.r.unwrap_or_else(|| paper_rank(self.kind))
+    }
+}
+
 impl Default for MethodSection {
     fn default() -> Self {
         MethodSection {
             kind: MethodKind::IdLora,
-            r: 128,
+            r: None,
             alpha: None,
             dropout: 0.05,
             rslora: false,
@@ -405,17 +432,22 @@ impl TrainConfig {
 
     /// The config as TOML (written to the run folder).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not serialise the config: {e}\n"))
+        // The rank as it was run, even where the config left it to the method's default.
+        let mut resolved = self.clone();
+        resolved.method.r = Some(self.method.rank());
+        toml::to_string_pretty(&resolved)
+            .unwrap_or_else(|e| format!("# could not serialise the config: {e}\n"))
     }
 
     /// The adapter method settings.
     pub fn method_config(&self) -> Result<MethodConfig> {
         let m = &self.method;
         let kind = m.kind;
-        if m.r == 0 {
+        let r = m.rank();
+        if r == 0 && kind != MethodKind::Full {
             return Err(config_err("method.r", "must be at least 1"));
         }
-        let mut c = MethodConfig::new(kind, m.r);
+        let mut c = MethodConfig::new(kind, r);
         if let Some(a) = m.alpha {
             if !(a.is_finite() && a > 0.0) {
                 return Err(config_err("method.alpha", format!("{a} must be a positive number")));
@@ -466,7 +498,7 @@ impl TrainConfig {
         }
         let pmrc = PmrcConfig {
             k: self.method.k,
-            rank: self.method.r,
+            rank: self.method.rank(),
             size_min: c.size_min,
             size_max: c.size_max,
             n_init: c.n_init,
@@ -477,7 +509,7 @@ impl TrainConfig {
             solver: c.solver,
         };
         // The size the clustering will use (`None` means the rank, as PmrcConfig says).
-        let (size_min, r) = (pmrc.kmeans().size_min, self.method.r);
+        let (size_min, r) = (pmrc.kmeans().size_min, self.method.rank());
         if size_min < r && c.selector == Selector::Pmrc {
             return Err(config_err(
                 "cluster.size_min",
