@@ -222,15 +222,24 @@ impl ModelConfig {
         let p = match method.p {
             Some(p) if divides(p) => p,
             Some(p) => {
-                let mut outs = outs.clone();
-                outs.sort_unstable();
-                outs.dedup();
+                // Name what it does not divide: k r, and each projection by its d_out.
+                let mut misses: Vec<String> = targets
+                    .iter()
+                    .map(|&t| (t, self.target_shape(t).1))
+                    .filter(|&(_, o)| p == 0 || !o.is_multiple_of(p))
+                    .map(|(t, o)| format!("{}'s d_out {o}", t.module_name()))
+                    .collect();
+                if p == 0 || !kr.is_multiple_of(p) {
+                    misses.insert(0, format!("k r = {kr}"));
+                }
                 return Err(ModelError::Setting {
                     setting: "method.p",
                     message: format!(
-                        "p = {p} must divide k r = {kr} (k = {}, r = {}) and every adapted d_out {outs:?}; \
-                         valid values up to k: {valid:?} (leave it unset for the largest)",
-                        method.k, method.r
+                        "p = {p} must divide k r = {kr} (k = {}, r = {}) and every adapted d_out; it does \
+                         not divide {}; valid values up to k: {valid:?} (leave it unset for the largest)",
+                        method.k,
+                        method.r,
+                        misses.join(", ")
                     ),
                 });
             }

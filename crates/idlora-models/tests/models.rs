@@ -509,9 +509,19 @@ fn targets_parse_and_parameter_counts_name_the_layer_at_fault() {
     )
     .unwrap();
     let mut c = MethodConfig::new(MethodKind::IdLora, 3);
+    // p = 3 divides k r = 12 but not q's d_out 8; p = 8 the reverse.
+    c.p = Some(3);
+    let e = config.trainable_params(&c, &[Target::Q]).unwrap_err().to_string();
+    assert!(
+        e.contains("method.p") && e.contains("not divide q_proj's d_out 8") && e.contains("[1, 2, 4]"),
+        "{e}"
+    );
     c.p = Some(8);
-    let err = config.trainable_params(&c, &[Target::Q]).unwrap_err();
-    assert!(err.to_string().contains("q_proj") && err.to_string().contains("k * r = 12"), "{err}");
+    let e = config.trainable_params(&c, &[Target::Q]).unwrap_err().to_string();
+    assert!(e.contains("not divide k r = 12;"), "{e}");
+    // The layer itself still names itself when a p reaches it unchecked.
+    let e = idlora_adapter::params::layer_params(&c, 8, 8).unwrap_err().to_string();
+    assert!(e.contains("k * r = 12"), "{e}");
 }
 
 #[test]
