@@ -102,17 +102,22 @@ pub(crate) fn parse_config(name: &str) -> Result<(MethodConfig, Vec<Target>)> {
     if name == "full" {
         return Ok((MethodConfig::new(MethodKind::Full, 0), Target::ALL.to_vec()));
     }
-    let Some((kind, r)) = name.rsplit_once('-') else {
-        bail!("configuration `{name}` is not METHOD-R (lora-8, idlora-128, ...) or full");
-    };
-    let kind: MethodKind = kind.parse()?;
-    let r: usize = r.parse().with_context(|| format!("configuration `{name}`: `{r}` is not a rank"))?;
+    let (kind, r) = method_rank(name)?;
     let targets = if r >= 128 {
         vec![Target::Q, Target::O, Target::Gate, Target::Up, Target::Down]
     } else {
         Target::ALL.to_vec()
     };
     Ok((MethodConfig::new(kind, r), targets))
+}
+
+/// `METHOD-R` (`lora-8`, `idlora-128`) as a method and a rank.
+pub(crate) fn method_rank(name: &str) -> Result<(MethodKind, usize)> {
+    let Some((kind, r)) = name.rsplit_once('-') else {
+        bail!("`{name}` is not METHOD-R (lora-8, idlora-128, ...)");
+    };
+    let r: usize = r.parse().with_context(|| format!("`{name}`: `{r}` is not a rank"))?;
+    Ok((kind.parse()?, r))
 }
 
 /// One warm-up and `steps` timed training steps (forward, backward, AdamW) of `model` on one

@@ -89,7 +89,7 @@ fn rows(p: &MemoryPlan) -> Vec<(&'static str, u64)> {
 }
 
 /// Markdown of one plan.
-pub(crate) fn markdown(title: &str, p: &MemoryPlan, gpu_gib: f64) -> String {
+fn markdown(title: &str, p: &MemoryPlan, gpu_gib: f64) -> String {
     let mut md = format!("{title}\n\n| term | GiB |\n|---|---|\n");
     for (label, bytes) in rows(p) {
         md.push_str(&format!("| {label} | {:.2} |\n", bytes as f64 / GIB));
@@ -112,8 +112,7 @@ fn settings(args: &PlanArgs) -> Result<PlanSettings> {
     let r = args.r.unwrap_or_else(|| idlora_train::config::paper_rank(kind));
     let mut method = MethodConfig::new(kind, r).with_dropout(args.dropout);
     method.k = args.k;
-    let targets =
-        if args.targets == "all" { Target::ALL.to_vec() } else { Target::parse_list(&args.targets)? };
+    let targets = Target::parse_list(&args.targets)?;
     Ok(PlanSettings {
         method,
         targets,
@@ -154,7 +153,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
         s.precision,
         s.micro_batch,
         s.seq,
-        args.backend_name(),
+        args.backend,
         if s.gradient_checkpointing { ", gradient checkpointing" } else { "" }
     );
     println!("{}", markdown(&title, &p, args.gpu_gib));
@@ -178,16 +177,14 @@ fn compare(
         base.micro_batch,
         base.seq,
         base.devices,
-        args.backend_name(),
+        args.backend,
         if base.gradient_checkpointing { ", gradient checkpointing" } else { "" },
         args.gpu_gib
     );
     let mut notes = Vec::new();
     for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (kind, r) =
-            item.rsplit_once('-').with_context(|| format!("--compare: `{item}` is not METHOD-R"))?;
-        let r: usize = r.parse().with_context(|| format!("--compare: `{r}` is not a rank"))?;
-        let mut method = MethodConfig::new(kind.parse()?, r).with_dropout(base.method.dropout);
+        let (kind, r) = bench_train::method_rank(item).context("--compare")?;
+        let mut method = MethodConfig::new(kind, r).with_dropout(base.method.dropout);
         method.k = base.method.k;
         let s = PlanSettings { method, ..base.clone() };
         let p = plan(config, &s)?;
@@ -215,15 +212,6 @@ fn compare(
     }
     println!("{md}");
     Ok(())
-}
-
-impl PlanArgs {
-    fn backend_name(&self) -> &'static str {
-        match self.backend {
-            Backend::Cpu => "CPU",
-            Backend::Gpu => "GPU",
-        }
-    }
 }
 
 /// One validation row: a `bench train` configuration and its shape.

@@ -83,10 +83,19 @@ impl Backend {
     }
 }
 
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Cpu => "CPU",
+            Backend::Gpu => "GPU",
+        })
+    }
+}
+
 impl std::str::FromStr for Backend {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
+        match s.to_ascii_lowercase().as_str() {
             "cpu" => Ok(Backend::Cpu),
             "gpu" | "cuda" | "wgpu" | "vulkan" => Ok(Backend::Gpu),
             other => Err(format!("unknown backend `{other}` (cpu or gpu)")),
@@ -258,7 +267,8 @@ pub fn plan(config: &ModelConfig, settings: &PlanSettings) -> Result<MemoryPlan>
     let f = 4u64;
     let tokens = (settings.micro_batch * settings.seq) as u64;
     let base = config.base_params() as u64;
-    let weights = if full { 0 } else { base * settings.precision.bytes() as u64 };
+    // Full fine-tuning trains the base itself, in f32 (a half base was refused above).
+    let weights = base * settings.precision.bytes() as u64;
     let params = trainable as u64 * f;
 
     let per_layer = layer_saved_floats(config, settings) as u64;
@@ -305,7 +315,7 @@ pub fn plan(config: &ModelConfig, settings: &PlanSettings) -> Result<MemoryPlan>
         ));
     }
     Ok(MemoryPlan {
-        weights: if full { base * f } else { weights },
+        weights,
         adapter_params: if full { 0 } else { params },
         gradients: params,
         optimizer: 2 * params,
