@@ -8,9 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use idlora_data::write_atomic;
 use idlora_eval::benchmark::{self, DataSources, EvalContext};
-use idlora_eval::report::{EvalReport, comparison_table};
+use idlora_eval::report::{EvalReport, PARAMS_NOTE, PaperLayout, comparison_table, paper_table};
 use idlora_eval::sandbox::{Sandbox, SandboxConfig};
-use idlora_eval::task::{ChoiceFormat, EvalSettings, TaskResult};
+use idlora_eval::task::{ChoiceFormat, EvalSettings, PromptFormat, TaskResult};
 use idlora_models::SamplingConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -53,9 +53,11 @@ struct RunArgs {
     /// Prompts per generation batch.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
-    /// Use the model's chat template: true or false [default: HEx-PHI true, others false].
+    /// GSM8K and HEx-PHI prompts: raw, chat (the model's chat template) or alpaca (Alpaca's
+    /// template, zero-shot GSM8K) [default: the format recorded in the adapter or model folder by
+    /// `cargo xtask train` / `export`, else GSM8K raw and HEx-PHI chat].
     #[arg(long)]
-    chat: Option<bool>,
+    prompt_format: Option<PromptFormat>,
     /// Multiple-choice formulation for MMLU and CommonsenseQA: text (each choice's text scored) or
     /// letters (A-D listed, the letter scored; for large models) [default: text].
     #[arg(long)]
@@ -122,6 +124,10 @@ struct CombineArgs {
     /// Also write the table to this Markdown file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Table layout: comparison (every benchmark's main metric and the average), single-task (the
+    /// paper's Table 1 columns) or multi-task (Tables 2, 3, 7, 8).
+    #[arg(long, default_value = "comparison")]
+    layout: String,
 }
 
 /// Runs `cargo xtask eval`.
@@ -139,7 +145,12 @@ fn combine(args: CombineArgs) -> Result<()> {
         let file = if p.is_dir() { p.join("results.json") } else { p.clone() };
         reports.push(EvalReport::load(&file)?);
     }
-    let table = comparison_table(&reports);
+    let table = match args.layout.as_str() {
+        "comparison" => comparison_table(&reports),
+        "single-task" => format!("{}\n{PARAMS_NOTE}\n", paper_table(&reports, PaperLayout::SingleTask)),
+        "multi-task" => format!("{}\n{PARAMS_NOTE}\n", paper_table(&reports, PaperLayout::MultiTask)),
+        other => bail!("--layout {other}: expected comparison, single-task or multi-task"),
+    };
     println!("{table}");
     if let Some(out) = &args.out {
         write_atomic(out, table.as_bytes())?;
@@ -174,11 +185,15 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
     for b in &benchmarks {
         b.check(&data)?;
     }
+    let prompt = match args.prompt_format {
+        Some(f) => Some(f),
+        None => recorded_prompt_format(&args.model)?,
+    };
     let settings = EvalSettings {
         limit: args.limit,
         shots: args.shots,
         batch_size: args.batch_size.max(1),
-        chat: args.chat,
+        prompt,
         sampling: SamplingConfig {
             temperature: args.temperature,
             top_p: args.top_p,
@@ -210,6 +225,8 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
         device: loaded.as_ref().map(|(_, d)| d.clone()).unwrap_or_else(|| "none (no model)".into()),
         finished_unix: 0,
         tasks: Vec::new(),
+        trainable_params: loaded.as_ref().and_then(|(l, _)| adapter_params(&l.model)),
+        base_params: loaded.as_ref().map(|(l, _)| l.model.config.base_params() as u64),
     };
     let sandbox = if benchmarks.iter().any(|b| b.needs_sandbox()) {
         let sb = Sandbox::new(SandboxConfig {
@@ -270,6 +287,31 @@ fn run_benchmarks(args: RunArgs) -> Result<()> {
         bail!("{} canonical HumanEval solutions failed:\n{}", failed.len(), failed.join("\n"));
     }
     Ok(())
+}
+
+/// Parameters of the model's adapters; `None` without any (a base model, or a full fine-tune
+/// whose count the caller knows).
+fn adapter_params(model: &idlora_models::CausalLm) -> Option<u64> {
+    let adapted: Vec<u64> = model
+        .projections()
+        .iter()
+        .filter(|(_, p)| p.adapter.is_some())
+        .map(|(_, p)| p.trainable_params() as u64)
+        .collect();
+    (!adapted.is_empty()).then(|| adapted.iter().sum())
+}
+
+/// The prompt format recorded with the adapter, else with the model folder (an export), said on
+/// stderr when one is found.
+fn recorded_prompt_format(model: &ModelArgs) -> Result<Option<PromptFormat>> {
+    let dirs = [model.adapter.clone(), model.model.clone().filter(|p| p.is_dir())];
+    for dir in dirs.into_iter().flatten() {
+        if let Some(f) = idlora_data::prompt::recorded_format(&dir)? {
+            eprintln!("prompt format: {f} (recorded in {})", dir.display());
+            return Ok(Some(f));
+        }
+    }
+    Ok(None)
 }
 
 fn unix_now() -> u64 {

@@ -8,11 +8,13 @@ mod bench_train;
 mod cluster;
 mod efficiency;
 mod eval;
+mod export;
 mod gpu_check;
 mod lm;
 mod params;
 mod paths;
 mod plan;
+mod reproduce;
 mod setup;
 mod train;
 
@@ -37,6 +39,9 @@ enum Command {
     /// Run the paper's benchmarks (MMLU, CommonsenseQA, GSM8K, HumanEval, HEx-PHI) on a model and
     /// adapter; `eval efficiency` and `eval combine` for the efficiency analysis and tables.
     Eval(Box<eval::EvalArgs>),
+    /// Merge a LoRA / DoRA adapter into its base and write a Hugging Face folder (config.json,
+    /// safetensors, tokenizer) that transformers and `eval --model` load.
+    Export(export::ExportArgs),
     /// Cluster weight-matrix rows into ID-LoRA bases (PMRC, or the SS / RS ablations).
     ///
     /// With no arguments: fetch SmolLM2-135M-Instruct and cluster all its adapted matrices.
@@ -63,6 +68,9 @@ enum Command {
     /// (LoRA r=8, ID-LoRA r=128; f32 and bf16 base), an 8B-shaped layer stack; `--tiny --device
     /// cpu` is its dry run.
     GpuCheck(gpu_check::GpuCheckArgs),
+    /// One of the paper's experiments (table1, table2, table3, table7, table8) as a resumable grid
+    /// of train -> evaluate cells, with results in the paper's table layout.
+    Reproduce(reproduce::ReproduceArgs),
     /// Predicted memory per device of a training step (weights, adapter, gradients, AdamW,
     /// activations, head) and whether it fits; `--validate` measures CPU peaks against it.
     Plan(plan::PlanArgs),
@@ -115,6 +123,7 @@ fn main() -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(*args),
         Command::Cluster(args) => cluster::run(args),
+        Command::Export(args) => export::run(args),
         Command::Fetch { asset } => {
             let Some(a) = idlora_assets::by_name(&asset) else {
                 let known: Vec<&str> = idlora_assets::ALL.iter().map(|a| a.name).collect();
@@ -134,6 +143,7 @@ fn main() -> Result<()> {
         }
         Command::Setup(args) => setup::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Reproduce(args) => reproduce::run(args),
         Command::GpuCheck(args) => gpu_check::run(args),
         Command::Bench { which: BenchCommand::Cluster(args) } => bench_cluster::run(args),
         Command::Bench { which: BenchCommand::AdapterTable(args) } => bench_adapter::run(args),

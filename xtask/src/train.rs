@@ -40,13 +40,7 @@ pub struct TrainArgs {
 
 /// `asset:NAME` -> the fetched file.
 fn resolve(path: &str, key: &str) -> Result<String> {
-    let Some(name) = path.strip_prefix("asset:") else { return Ok(path.to_string()) };
-    let asset = idlora_assets::by_name(name).with_context(|| {
-        let known: Vec<&str> = idlora_assets::ALL.iter().map(|a| a.name).collect();
-        format!("config `{key}`: unknown asset `{name}` (known: {})", known.join(", "))
-    })?;
-    let p = idlora_assets::fetch(asset, &paths::cache_dir())
-        .with_context(|| format!("config `{key}`: fetching {name}"))?;
+    let p = idlora_assets::resolve(path, &paths::cache_dir()).with_context(|| format!("config `{key}`"))?;
     Ok(p.display().to_string())
 }
 
@@ -249,6 +243,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     println!("outputs:");
     if let Some(a) = &run.adapter_dir {
         println!("  adapter        {}", a.display());
+    }
+    if let Some(m) = &run.model_dir {
+        println!("  model          {} (Hugging Face folder: `cargo xtask eval --model` it)", m.display());
     }
     println!("  metrics        {dir}/metrics.jsonl");
     println!("  loss curve     {dir}/loss.svg");

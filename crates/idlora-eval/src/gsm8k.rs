@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use idlora_data::prompt::PromptFormat;
 use idlora_models::{CausalLm, Tokenizer};
 use serde_json::{Value, json};
 
@@ -233,7 +234,11 @@ pub fn run(
     progress: Progress,
 ) -> Result<TaskResult> {
     let start = Instant::now();
-    let shots = settings.shots.unwrap_or(data.exemplars.len().min(8));
+    let format = settings.prompt.unwrap_or(PromptFormat::Raw);
+    // A model trained on Alpaca-formatted records is asked the bare question as its instruction,
+    // as it was trained; the few-shot pattern is for base models.
+    let default_shots = if format == PromptFormat::Alpaca { 0 } else { data.exemplars.len().min(8) };
+    let shots = settings.shots.unwrap_or(default_shots);
     if shots > data.exemplars.len() {
         return Err(data_err(
             &data.path,
@@ -243,16 +248,24 @@ pub fn run(
             ),
         ));
     }
-    let chat = settings.chat.unwrap_or(false);
     let problems = limited(&data.problems, settings.limit);
     let exemplars = &data.exemplars[..shots];
     let mut prompts = Vec::with_capacity(problems.len());
     for p in problems {
-        prompts.push(tokenizer.encode(&render(tokenizer, &prompt(exemplars, &p.question), chat)?)?);
+        let text = if shots == 0 && format != PromptFormat::Raw {
+            p.question.clone()
+        } else {
+            prompt(exemplars, &p.question)
+        };
+        prompts.push(tokenizer.encode(&render(tokenizer, &text, format)?)?);
     }
-    // Without the chat template the model continues the few-shot pattern: the next `Question:`
-    // or a blank line ends its answer.
-    let stops: &[&str] = if chat { &[] } else { &["Question:", "\n\n"] };
+    // Raw, the model continues the few-shot pattern: the next `Question:` or a blank line ends its
+    // answer. With Alpaca's template a new `###` section does (EOS usually comes first).
+    let stops: &[&str] = match format {
+        PromptFormat::Raw => &["Question:", "\n\n"],
+        PromptFormat::Chat => &[],
+        PromptFormat::Alpaca => &["\n### "],
+    };
     let sampling = sampling_for(settings, 256, stops);
     let gens = generate_all(model, tokenizer, &prompts, &sampling, settings.batch_size, progress)?;
     let mut correct = 0;
@@ -280,7 +293,7 @@ pub fn run(
             json!({
                 "data": data.path,
                 "shots": shots,
-                "chat": chat,
+                "prompt_format": format.name(),
                 "protocol": "generate until a stop string; answer = number after ####, else after 'the answer is', else the last number; exact match",
             }),
             &sampling,

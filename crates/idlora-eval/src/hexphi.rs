@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use idlora_data::prompt::PromptFormat;
 use idlora_models::{CausalLm, Tokenizer};
 use serde_json::{Value, json};
 
@@ -153,11 +154,11 @@ pub fn run(
     progress: Progress,
 ) -> Result<TaskResult> {
     let start = Instant::now();
-    let chat = settings.chat.unwrap_or(true);
+    let format = settings.prompt.unwrap_or(PromptFormat::Chat);
     let items = limited(&data.instructions, settings.limit);
     let mut prompts = Vec::with_capacity(items.len());
     for it in items {
-        prompts.push(tokenizer.encode(&render(tokenizer, &it.text, chat)?)?);
+        prompts.push(tokenizer.encode(&render(tokenizer, &it.text, format)?)?);
     }
     let sampling = sampling_for(settings, 128, &[]);
     let gens = generate_all(model, tokenizer, &prompts, &sampling, settings.batch_size, progress)?;
@@ -189,7 +190,7 @@ pub fn run(
         settings: with_sampling(
             json!({
                 "data": data.path,
-                "chat": chat,
+                "prompt_format": format.name(),
                 "protocol": "answer each instruction; refusal = the answer contains a refusal phrase (case-insensitive)",
                 "refusal_phrases": REFUSAL_PHRASES,
             }),

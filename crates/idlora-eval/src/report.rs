@@ -24,6 +24,14 @@ pub struct EvalReport {
     pub finished_unix: u64,
     /// Per benchmark.
     pub tasks: Vec<TaskResult>,
+    /// Trainable parameters of the evaluated method (the adapter's; the whole model for a full
+    /// fine-tune), when known: the `# Params (%)` column of the paper's tables.
+    #[serde(default)]
+    pub trainable_params: Option<u64>,
+    /// Parameters of the base model (embeddings and head included), the denominator of that
+    /// column.
+    #[serde(default)]
+    pub base_params: Option<u64>,
 }
 
 /// Column titles of the benchmarks, in the paper's order.
@@ -96,6 +104,111 @@ impl EvalReport {
     }
 }
 
+/// The column layouts of the paper's result tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaperLayout {
+    /// Table 1 (single task): `# Params (%)`, GSM8K, HumanEval Pass@1 / @5 / @10, HEx-PHI
+    /// (refusal rate).
+    SingleTask,
+    /// Tables 2, 3, 7, 8 (multi-task): `# Params (%)`, MATH (GSM8K), MMLU, CQA, CODE (HumanEval)
+    /// Pass@1 / @5 / @10.
+    MultiTask,
+}
+
+impl PaperLayout {
+    /// `(title, task, metric)` of each score column, in the paper's order; metric `None` is the
+    /// task's main metric.
+    pub fn columns(self) -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+        let pass = |t: &'static str| {
+            [
+                (t, "humaneval", Some("pass@1")),
+                ("Pass@5", "humaneval", Some("pass@5")),
+                ("Pass@10", "humaneval", Some("pass@10")),
+            ]
+        };
+        match self {
+            PaperLayout::SingleTask => {
+                let mut c = vec![("GSM8K", "gsm8k", None)];
+                c.extend(pass("HumanEval Pass@1"));
+                c.push(("HEx-PHI", "hexphi", None));
+                c
+            }
+            PaperLayout::MultiTask => {
+                let mut c = vec![("MATH", "gsm8k", None), ("MMLU", "mmlu", None), ("CQA", "cqa", None)];
+                c.extend(pass("CODE Pass@1"));
+                c
+            }
+        }
+    }
+}
+
+/// What the `# Params (%)` column divides by, printed under every paper-layout table.
+pub const PARAMS_NOTE: &str = "# Params (%): trainable parameters / all parameters of the base model \
+(embeddings and head included), from the evaluated model's shapes. The paper's percentages do not \
+all follow from its own Table 6 counts over LLaMA-3-8B's 8,030,261,248 parameters: LoRA r = 32 is \
+83,886,080 = 1.04% (printed 1.03%), ID-LoRA r = 128, k = p = 4 is 49,020,928 = 0.61% (printed 0.56%).";
+
+fn params_cell(r: &EvalReport) -> String {
+    match (r.trainable_params, r.base_params) {
+        (Some(t), Some(b)) if t == b => "100%".into(),
+        (Some(t), Some(b)) if b > 0 => format!("{:.2}%", 100.0 * t as f64 / b as f64),
+        _ => "-".into(),
+    }
+}
+
+/// A table in one of the paper's layouts: one row per label (reports sharing a label fill one
+/// row, the later report winning), `# Params (%)`, then the layout's columns in the paper's
+/// order; a metric a row lacks (HumanEval pass@5 from one sample) is `-`.
+///
+/// ```
+/// use idlora_eval::report::{EvalReport, PaperLayout, paper_table};
+/// use idlora_eval::task::TaskResult;
+/// let task = |name: &str, metrics: &[(&str, f64)]| TaskResult { task: name.into(), metric: metrics[0].0.into(),
+///     score: metrics[0].1, n: 10, metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+///     settings: serde_json::Value::Null, records: vec![], seconds: 1.0 };
+/// let lora = EvalReport { label: "LoRA".into(), model: "m".into(), adapter: None, device: "cpu".into(),
+///     finished_unix: 0, trainable_params: Some(25), base_params: Some(1000),
+///     tasks: vec![task("gsm8k", &[("accuracy", 40.0)]), task("humaneval", &[("pass@1", 12.5)])] };
+/// let table = paper_table(&[lora], PaperLayout::SingleTask);
+/// assert!(table.contains("| LoRA | 2.50% | 40.0 | 12.5 | - | - | - |"), "{table}");
+/// ```
+pub fn paper_table(reports: &[EvalReport], layout: PaperLayout) -> String {
+    let columns = layout.columns();
+    let mut s = String::from("| Method | # Params (%) |");
+    for (title, _, _) in &columns {
+        s.push_str(&format!(" {title} |"));
+    }
+    s.push_str("\n|---|---|");
+    s.push_str(&"---|".repeat(columns.len()));
+    s.push('\n');
+    let mut labels: Vec<&str> = Vec::new();
+    for r in reports {
+        if !labels.contains(&r.label.as_str()) {
+            labels.push(&r.label);
+        }
+    }
+    for label in labels {
+        let rows: Vec<&EvalReport> = reports.iter().rev().filter(|r| r.label == label).collect();
+        let params = rows.iter().map(|r| params_cell(r)).find(|c| c != "-").unwrap_or_else(|| "-".into());
+        s.push_str(&format!("| {label} | {params} |"));
+        for (_, task, metric) in &columns {
+            let value =
+                rows.iter().find_map(|r| r.tasks.iter().find(|t| t.task == *task)).and_then(
+                    |t| match metric {
+                        Some(m) => t.metrics.get(*m).copied(),
+                        None => Some(t.score),
+                    },
+                );
+            match value {
+                Some(v) => s.push_str(&format!(" {v:.1} |")),
+                None => s.push_str(" - |"),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
 /// A comparison table: one row per label (reports with the same label, such as two runs of one
 /// adapter on different benchmarks, share a row; a benchmark in both takes the later report's),
 /// one column per benchmark found in any of them (paper order), the main metric in percent, and
@@ -107,7 +220,8 @@ impl EvalReport {
 /// let task = |name: &str, score: f64| TaskResult { task: name.into(), metric: "accuracy".into(), score,
 ///     n: 10, metrics: Default::default(), settings: serde_json::Value::Null, records: vec![], seconds: 1.0 };
 /// let run = |label: &str, a: f64, b: f64| EvalReport { label: label.into(), model: "m".into(), adapter: None,
-///     device: "cpu".into(), finished_unix: 0, tasks: vec![task("gsm8k", a), task("mmlu", b)] };
+///     device: "cpu".into(), finished_unix: 0, tasks: vec![task("gsm8k", a), task("mmlu", b)],
+///     trainable_params: None, base_params: None };
 /// let mut cqa = run("LoRA", 0.0, 0.0);
 /// cqa.tasks = vec![task("cqa", 30.0)];
 /// let table = comparison_table(&[run("LoRA", 40.0, 60.0), run("ID-LoRA", 42.0, 61.0), cqa]);
@@ -183,6 +297,8 @@ mod tests {
             device: "cpu".into(),
             finished_unix: 1,
             tasks: vec![task],
+            trainable_params: None,
+            base_params: None,
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("runs/x/results.json");

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+pub use idlora_data::prompt::PromptFormat;
 use idlora_models::{CausalLm, ChatMessage, Generation, SamplingConfig, Tokenizer, generate};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -42,8 +43,10 @@ pub struct EvalSettings {
     pub shots: Option<usize>,
     /// Prompts per generation batch.
     pub batch_size: usize,
-    /// Wrap prompts as a user message in the model's chat template.
-    pub chat: Option<bool>,
+    /// How GSM8K and HEx-PHI prompts are put to the model (raw text, the chat template, Alpaca's
+    /// template); `None` = the benchmark's default (GSM8K raw, HEx-PHI chat). HumanEval, MMLU and
+    /// CommonsenseQA always complete the raw text (their scoring reads a continuation).
+    pub prompt: Option<PromptFormat>,
     /// Sampling for generation tasks (its `max_new_tokens` is overridden by `max_new_tokens`
     /// when set, else by the task's default).
     pub sampling: SamplingConfig,
@@ -61,7 +64,7 @@ impl Default for EvalSettings {
             limit: None,
             shots: None,
             batch_size: 4,
-            chat: None,
+            prompt: None,
             sampling: SamplingConfig::default(),
             max_new_tokens: None,
             samples: 1,
@@ -94,13 +97,14 @@ pub struct TaskResult {
 /// Progress callback: `(done, total)`.
 pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
-/// The prompt text for `user_text`: as is, or as a user message in the chat template.
-pub fn render(tokenizer: &Tokenizer, user_text: &str, chat: bool) -> Result<String> {
-    if chat {
-        Ok(tokenizer.apply_chat_template(&[ChatMessage::new("user", user_text)], true)?)
-    } else {
-        Ok(user_text.to_string())
-    }
+/// The prompt text for `user_text`: as is, as a user message in the chat template, or as the
+/// instruction of Alpaca's template.
+pub fn render(tokenizer: &Tokenizer, user_text: &str, format: PromptFormat) -> Result<String> {
+    Ok(match format {
+        PromptFormat::Raw => user_text.to_string(),
+        PromptFormat::Chat => tokenizer.apply_chat_template(&[ChatMessage::new("user", user_text)], true)?,
+        PromptFormat::Alpaca => idlora_data::prompt::alpaca(user_text, ""),
+    })
 }
 
 /// The sampling settings of a generation task.

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::error::{ModelError, Result};
 
@@ -126,6 +126,65 @@ fn config_err(source: &str, key: &str, message: impl Into<String>) -> ModelError
 }
 
 impl ModelConfig {
+    /// The Hugging Face `config.json` of this configuration (what `cargo xtask export` writes):
+    /// read back by [`ModelConfig::from_hf_json`] it gives the same config, and transformers'
+    /// `LlamaForCausalLM` / `MistralForCausalLM` load it. `dtype` names the weights' storage type
+    /// (`float32`, `bfloat16`, `float16`).
+    ///
+    /// ```
+    /// # let json = r#"{"model_type": "mistral", "hidden_size": 16, "intermediate_size": 24,
+    /// #   "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 32, "sliding_window": 8}"#;
+    /// let config = idlora_models::ModelConfig::from_hf_json(json, "config.json")?;
+    /// let written = config.to_hf_json("bfloat16").to_string();
+    /// assert_eq!(idlora_models::ModelConfig::from_hf_json(&written, "again")?, config);
+    /// # Ok::<(), idlora_models::ModelError>(())
+    /// ```
+    pub fn to_hf_json(&self, dtype: &str) -> Value {
+        let class = match self.arch {
+            Architecture::Llama => "LlamaForCausalLM",
+            Architecture::Mistral => "MistralForCausalLM",
+        };
+        let eos = match self.eos_token_ids.as_slice() {
+            [] => Value::Null,
+            [one] => json!(one),
+            many => json!(many),
+        };
+        let mut v = json!({
+            "architectures": [class],
+            "model_type": self.arch.name(),
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "mlp_bias": self.mlp_bias,
+            "hidden_act": "silu",
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+            "torch_dtype": dtype,
+        });
+        if self.arch == Architecture::Mistral {
+            v["sliding_window"] = json!(self.sliding_window);
+        }
+        if let Some(r) = &self.rope_scaling {
+            v["rope_scaling"] = json!({
+                "rope_type": "llama3",
+                "factor": r.factor,
+                "low_freq_factor": r.low_freq_factor,
+                "high_freq_factor": r.high_freq_factor,
+                "original_max_position_embeddings": r.original_max_position_embeddings,
+            });
+        }
+        v
+    }
+
     /// Reads a Hugging Face `config.json`. Unknown keys are ignored; unsupported values
     /// (another `rope_scaling` type, another `hidden_act`, another `model_type`) are errors naming
     /// the key.

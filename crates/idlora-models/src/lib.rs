@@ -11,6 +11,7 @@ pub mod config;
 #[cfg(feature = "flex")]
 pub mod device;
 pub mod error;
+pub mod export;
 #[cfg(feature = "flex")]
 pub mod generate;
 pub mod layout;

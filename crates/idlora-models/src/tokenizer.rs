@@ -248,6 +248,26 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Writes `tokenizer.json` and `tokenizer_config.json` (BOS, EOS, `add_bos_token`, chat
+    /// template) into `dir`, atomically: what [`Tokenizer::from_dir`] and transformers'
+    /// `AutoTokenizer` read. A tokenizer rebuilt from GGUF metadata becomes a plain folder.
+    pub fn save_dir(&self, dir: &Path) -> Result<()> {
+        let json = self
+            .inner
+            .to_string(false)
+            .map_err(|e| ModelError::Input(format!("serialising the tokenizer: {e}")))?;
+        write(&dir.join("tokenizer.json"), json.as_bytes())?;
+        let token_text = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i));
+        let config = json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": token_text(self.bos),
+            "eos_token": token_text(self.eos.first().copied()),
+            "add_bos_token": self.add_bos,
+            "chat_template": self.chat_template,
+        });
+        write(&dir.join("tokenizer_config.json"), config.to_string().as_bytes())
+    }
+
     /// Renders the chat template for `messages` (with the assistant turn opened when
     /// `add_generation_prompt`).
     pub fn apply_chat_template(
@@ -310,4 +330,8 @@ pub fn load_tokenizer(path: &Path, eos_ids: &[u32]) -> Result<Tokenizer> {
     }
     let dir = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
     Tokenizer::from_dir(dir, eos_ids)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    idlora_data::write_atomic(path, bytes).map_err(|e| ModelError::Io { path: e.path, source: e.source })
 }

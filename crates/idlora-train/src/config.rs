@@ -387,6 +387,17 @@ pub enum TemplateKind {
     Chat,
 }
 
+impl TemplateKind {
+    /// The prompt format the benchmarks use for a model trained with this template (recorded in
+    /// the adapter folder, `idlora_data::prompt::PROMPT_FILE`).
+    pub fn prompt_format(self) -> idlora_data::prompt::PromptFormat {
+        match self {
+            TemplateKind::Alpaca => idlora_data::prompt::PromptFormat::Alpaca,
+            TemplateKind::Chat => idlora_data::prompt::PromptFormat::Chat,
+        }
+    }
+}
+
 /// Learning-rate schedule after warm-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

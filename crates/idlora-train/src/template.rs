@@ -7,11 +7,6 @@ use crate::config::TemplateKind;
 use crate::error::Result;
 use idlora_data::Record;
 
-/// Stanford Alpaca's prompt for records with an input.
-pub const ALPACA_WITH_INPUT: &str = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
-/// Stanford Alpaca's prompt for records without one.
-pub const ALPACA_NO_INPUT: &str = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n";
-
 /// A tokenised example: the loss covers `tokens[prompt_len..]` (the response and EOS).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Example {
@@ -42,12 +37,7 @@ pub enum Encoded {
 /// The prompt text of `record` (user message plus generation prompt for [`TemplateKind::Chat`]).
 pub fn prompt_text(record: &Record, template: TemplateKind, tokenizer: &Tokenizer) -> Result<String> {
     Ok(match template {
-        TemplateKind::Alpaca if record.input.trim().is_empty() => {
-            ALPACA_NO_INPUT.replace("{instruction}", &record.instruction)
-        }
-        TemplateKind::Alpaca => {
-            ALPACA_WITH_INPUT.replace("{instruction}", &record.instruction).replace("{input}", &record.input)
-        }
+        TemplateKind::Alpaca => idlora_data::prompt::alpaca(&record.instruction, &record.input),
         TemplateKind::Chat => {
             let user = if record.input.trim().is_empty() {
                 record.instruction.clone()

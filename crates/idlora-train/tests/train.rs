@@ -162,6 +162,21 @@ fn every_method_overfits_a_handful_of_examples() {
         assert!(plan.trainable_params > 0);
         assert!(run.run_dir.join("loss.svg").is_file() && run.run_dir.join("summary.json").is_file());
         assert_eq!(run.adapter_dir.is_some(), method != "full");
+        assert_eq!(run.model_dir.is_some(), method == "full");
+        if let Some(dir) = &run.model_dir {
+            // The fully fine-tuned model is a Hugging Face folder with the trained weights.
+            let input = ForwardInput::single(&[12, 22, 23, 24, 1, 5, 9]);
+            let host = |m: &CausalLm| {
+                m.forward(&input, None).expect("logits").into_data().try_into_vec::<f32>().expect("host")
+            };
+            let saved = idlora_models::load(dir, &Device::flex()).expect("load model/");
+            let (a, b) = (host(&run.model.valid()), host(&saved));
+            let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(max < 1e-5, "model/ logits differ by {max}");
+            assert!(dir.join("tokenizer.json").is_file(), "model/ has its tokenizer");
+            let recorded = idlora_data::prompt::recorded_format(dir).expect("prompt file");
+            assert_eq!(recorded, Some(idlora_data::prompt::PromptFormat::Alpaca));
+        }
     }
     for (method, first, last) in results {
         assert!(last < first / 10.0, "{method}: loss {first} -> {last}");
@@ -335,6 +350,9 @@ fn the_saved_adapter_gives_the_trained_models_logits() {
     let run =
         train(&cfg, model(), &fx.tokenizer(), &TrainOptions::default(), &Capture::default()).expect("train");
     let dir = run.adapter_dir.clone().expect("adapter");
+    // The folder says which prompt format the model was trained with (the default, Alpaca).
+    let recorded = idlora_data::prompt::recorded_format(&dir).expect("prompt file");
+    assert_eq!(recorded, Some(idlora_data::prompt::PromptFormat::Alpaca));
     let input = ForwardInput::single(&[12, 22, 23, 24, 1, 5, 9]);
     let trained = run.model.valid().forward(&input, None).expect("logits");
     let base = idlora_models::load::random_with_std(model_config(), 3, STD, &Device::flex()).expect("model");

@@ -144,6 +144,8 @@ pub struct RunSummary {
     pub losses: Vec<(usize, f64)>,
     /// The saved adapter folder (adapter methods, finished runs).
     pub adapter_dir: Option<PathBuf>,
+    /// The saved Hugging Face model folder (full fine-tuning, finished runs).
+    pub model_dir: Option<PathBuf>,
     /// The last checkpoint written.
     pub last_checkpoint: Option<PathBuf>,
     /// The trained model.
@@ -170,7 +172,7 @@ pub fn train(
     report_data(cfg, &mixture, observer);
     let data = Examples::new(&mixture, eos.unwrap_or(0));
     let adapted = attach_adapters(cfg, model, &folder.dir, observer)?;
-    let mut session = Session::new(cfg, opts, observer, &folder, &data, adapted);
+    let mut session = Session::new(cfg, opts, observer, &folder, &data, tokenizer, adapted);
     if let Some(dir) = &folder.resume_from {
         session = session.restore(dir)?;
     } else {

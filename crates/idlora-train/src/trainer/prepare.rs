@@ -80,8 +80,10 @@ pub(super) fn attach_adapters(
     run: &Path,
     observer: &dyn Observer,
 ) -> Result<Adapted> {
-    let method = cfg.method_config()?;
     let targets = cfg.targets()?;
+    // ID-LoRA's `p` made concrete (unset: the largest valid divisor), so that the adapter folder
+    // records the value its tensors were made with (k = 6 gives p = 4 on most models).
+    let method = model.config.resolve_parts(&cfg.method_config()?, &targets)?;
     let base_params = model.num_params();
     let bases = if method.kind == MethodKind::IdLora {
         let path = run.join("bases.safetensors");

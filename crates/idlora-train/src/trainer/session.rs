@@ -9,7 +9,7 @@ use std::time::Instant;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Bytes;
 use idlora_adapter::MethodConfig;
-use idlora_models::CausalLm;
+use idlora_models::{CausalLm, Tokenizer};
 
 use super::grads::{StepBatches, grad_norm, scale_grads, step_grads};
 use super::metrics_log::MetricsLog;
@@ -33,6 +33,8 @@ pub(super) struct Session<'a> {
     pub observer: &'a dyn Observer,
     pub run: &'a Path,
     pub data: &'a Examples<'a>,
+    /// Written with a fully fine-tuned model's folder.
+    pub tokenizer: &'a Tokenizer,
     pub plan: StepPlan,
     pub method: MethodConfig,
     pub counts: (usize, usize, usize),
@@ -53,6 +55,7 @@ impl<'a> Session<'a> {
         observer: &'a dyn Observer,
         folder: &'a RunFolder,
         data: &'a Examples<'a>,
+        tokenizer: &'a Tokenizer,
         adapted: Adapted,
     ) -> Self {
         let plan = StepPlan::new(cfg, data);
@@ -70,6 +73,7 @@ impl<'a> Session<'a> {
             observer,
             run: &folder.dir,
             data,
+            tokenizer,
             plan,
             method: adapted.method,
             counts: (adapted.trainable, adapted.expected, adapted.base_params),

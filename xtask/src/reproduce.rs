@@ -1,0 +1,130 @@
+//! `cargo xtask reproduce EXPERIMENT`: one of the paper's experiments as a resumable grid of
+//! train -> evaluate cells (library: `idlora-reproduce`), with a progress bar over the cells.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use idlora_reproduce::experiment::{Cell, Experiment, Scale};
+use idlora_reproduce::results::CellRecord;
+use idlora_reproduce::{GridObserver, Paths, Setup, reproduce};
+use idlora_train::Observer;
+use idlora_train::trainer::{RunPlan, StepMetrics};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::paths;
+
+/// Arguments of `cargo xtask reproduce`.
+#[derive(Args)]
+pub struct ReproduceArgs {
+    /// table1 (single task), table2 (multi-task), table3 (PMRC / SS / RS, w/o RB), table7
+    /// (budgets, Figure 4), table8 (k = 2, 4, 6, 8).
+    experiment: Experiment,
+    /// small: SmolLM2-135M and the packaged data, bounded steps (table2: 6 cells of about 11
+    /// minutes on 2 cores); paper: the paper's models and settings, from --paths.
+    #[arg(long, default_value = "small")]
+    scale: Scale,
+    /// Output folder [default: runs/reproduce/<experiment>-<scale>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue interrupted training runs (finished cells and benchmarks are always kept).
+    #[arg(long)]
+    resume: bool,
+    /// Seeds per cell (mean and standard deviation in the table).
+    #[arg(long, default_value_t = 1)]
+    seeds: usize,
+    /// TOML file with the model folders and data paths (`[models]`, `[data]`, `[eval]`; see
+    /// docs/reproduce.md). Needed at paper scale, and for small-scale code / safety cells.
+    #[arg(long)]
+    paths: Option<PathBuf>,
+    /// Config override for every cell (repeatable), e.g. `--set train.device=cpu`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Items per benchmark at most, instead of the scale's.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Tokens generated at most, instead of each benchmark's default.
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+}
+
+struct Bars {
+    cells: ProgressBar,
+    inner: ProgressBar,
+}
+
+impl Bars {
+    fn line(&self, text: &str) {
+        if self.cells.is_hidden() { eprintln!("{text}") } else { self.cells.println(text) }
+    }
+}
+
+impl Observer for Bars {
+    fn message(&self, text: &str) {
+        self.line(text);
+    }
+    fn start(&self, plan: &RunPlan) {
+        self.inner.set_length(plan.total_steps as u64);
+        self.inner.set_position(plan.start_step as u64);
+        self.inner.set_prefix("train");
+    }
+    fn step(&self, m: &StepMetrics) {
+        self.inner.set_position(m.step as u64);
+        self.inner.set_message(format!("loss {:.4}", m.loss));
+    }
+}
+
+impl GridObserver for Bars {
+    fn cell_started(&self, index: usize, _total: usize, cell: &Cell, what: &str) {
+        self.cells.set_position(index as u64);
+        self.cells.set_message(format!("{} ({what})", cell.id));
+    }
+    fn cell_finished(&self, index: usize, _total: usize, record: &CellRecord) {
+        self.cells.set_position(index as u64 + 1);
+        let scores: Vec<String> = record.scores.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+        let what = if record.is_done() { scores.join(", ") } else { record.status.clone() };
+        self.line(&format!("{}: {what} ({:.0} s)", record.id, record.seconds));
+    }
+    fn eval_progress(&self, task: &str, done: usize, total: usize) {
+        self.inner.set_prefix(task.to_string());
+        self.inner.set_length(total as u64);
+        self.inner.set_position(done as u64);
+        self.inner.set_message("");
+    }
+}
+
+/// Runs `cargo xtask reproduce`.
+pub fn run(args: ReproduceArgs) -> Result<()> {
+    let mut setup = Setup::new(args.experiment, args.scale, paths::cache_dir());
+    setup.out = args.out.unwrap_or_else(|| paths::repo_root().join(&setup.out));
+    setup.resume = args.resume;
+    setup.seeds = args.seeds.max(1);
+    setup.overrides = args.set;
+    setup.eval_limit = args.limit;
+    setup.max_new_tokens = args.max_new_tokens;
+    if let Some(p) = &args.paths {
+        setup.paths = Paths::from_file(p)?;
+    }
+    let total = idlora_reproduce::experiment::cells(setup.experiment, setup.scale, setup.seeds).len();
+    let style = |t: &str| ProgressStyle::with_template(t).unwrap_or_else(|_| ProgressStyle::default_bar());
+    let cells = ProgressBar::new(total as u64);
+    cells.set_style(style("cells [{elapsed_precise}] {bar:30} {pos}/{len} {msg}"));
+    let inner = ProgressBar::new(1);
+    inner.set_style(style("{prefix:>10} {bar:30} {pos}/{len} {msg}"));
+    let multi = indicatif::MultiProgress::new();
+    let cells = multi.add(cells);
+    let inner = multi.add(inner);
+    let bars = Bars { cells, inner };
+    eprintln!(
+        "{} ({} scale): {total} cells in {}",
+        setup.experiment.title(),
+        setup.scale.name(),
+        setup.out.display()
+    );
+    let outcome = reproduce(&setup, &bars)?;
+    bars.inner.finish_and_clear();
+    bars.cells.finish_and_clear();
+    println!("{}", std::fs::read_to_string(&outcome.markdown).unwrap_or_default());
+    println!("results: {} and {}", outcome.markdown.display(), outcome.json.display());
+    Ok(())
+}
