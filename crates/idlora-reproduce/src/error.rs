@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-/// Why a grid (or one of its cells) could not run. Messages name the cell, file or setting.
+/// Why a grid (or one of its cells) could not run. Messages name the cell, file or setting. The
+/// wrapped library errors are boxed: they are large, and errors are rare.
 #[derive(Debug, thiserror::Error)]
 pub enum ReproduceError {
     /// A bad experiment, scale or option.
@@ -43,7 +44,7 @@ pub enum ReproduceError {
         cell: String,
         /// The error.
         #[source]
-        source: idlora_train::TrainError,
+        source: Box<idlora_train::TrainError>,
     },
     /// Loading the trained model failed.
     #[error("{cell}: {source}")]
@@ -52,7 +53,7 @@ pub enum ReproduceError {
         cell: String,
         /// The error.
         #[source]
-        source: idlora_models::ModelError,
+        source: Box<idlora_models::ModelError>,
     },
     /// Evaluation failed.
     #[error("{cell}: evaluation: {source}")]
@@ -61,7 +62,7 @@ pub enum ReproduceError {
         cell: String,
         /// The error.
         #[source]
-        source: idlora_eval::EvalError,
+        source: Box<idlora_eval::EvalError>,
     },
     /// Fetching a packaged asset failed.
     #[error(transparent)]

@@ -321,7 +321,7 @@ pub fn cell_config(cell: &Cell, setup: &Setup) -> Result<std::result::Result<Tra
     sets.extend(setup.overrides.iter().cloned());
     let source = format!("{} ({})", cell.id, setup.scale.name());
     let mut cfg = TrainConfig::from_toml(text, &source, &sets)
-        .map_err(|source| ReproduceError::Train { cell: cell.id.clone(), source })?;
+        .map_err(|source| ReproduceError::Train { cell: cell.id.clone(), source: Box::new(source) })?;
     cfg.model.path = idlora_assets::resolve(&cfg.model.path, &setup.cache)?.display().to_string();
     for s in &mut cfg.data.sources {
         s.path = idlora_assets::resolve(&s.path, &setup.cache)?.display().to_string();
@@ -343,8 +343,14 @@ fn train_cell(cell: &Cell, cfg: &TrainConfig, setup: &Setup, observer: &dyn Grid
     if has_checkpoints && !setup.resume {
         return Err(ReproduceError::Interrupted { cell: cell.id.clone(), dir: run });
     }
-    let err = |source| ReproduceError::Train { cell: cell.id.clone(), source };
-    let model_err = |source| ReproduceError::Model { cell: cell.id.clone(), source };
+    let err = |source: idlora_train::TrainError| ReproduceError::Train {
+        cell: cell.id.clone(),
+        source: Box::new(source),
+    };
+    let model_err = |source: idlora_models::ModelError| ReproduceError::Model {
+        cell: cell.id.clone(),
+        source: Box::new(source),
+    };
     cfg.check_files().map_err(err)?;
     let devices = idlora_train::devices::pick_devices(cfg).map_err(err)?;
     observer.message(&format!("{}: device {}", cell.id, devices.main_description));
@@ -397,8 +403,14 @@ fn eval_cell(
     setup: &Setup,
     observer: &dyn GridObserver,
 ) -> Result<(EvalReport, bool)> {
-    let eval_err = |source| ReproduceError::Eval { cell: cell.id.clone(), source };
-    let model_err = |source| ReproduceError::Model { cell: cell.id.clone(), source };
+    let eval_err = |source: idlora_eval::EvalError| ReproduceError::Eval {
+        cell: cell.id.clone(),
+        source: Box::new(source),
+    };
+    let model_err = |source: idlora_models::ModelError| ReproduceError::Model {
+        cell: cell.id.clone(),
+        source: Box::new(source),
+    };
     let run = PathBuf::from(&cfg.train.output_dir);
     let file = setup.out.join(&cell.id).join("eval").join("results.json");
     let tasks = cell.domain.tasks();
