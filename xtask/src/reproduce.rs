@@ -46,6 +46,10 @@ pub struct ReproduceArgs {
     /// Tokens generated at most, instead of each benchmark's default.
     #[arg(long)]
     max_new_tokens: Option<usize>,
+    /// Run only these rows (comma-separated labels as in the table, e.g. `LoRA,ID-LoRA (Ours)`);
+    /// the others keep the results they have.
+    #[arg(long, value_delimiter = ',')]
+    rows: Vec<String>,
 }
 
 struct Bars {
@@ -102,6 +106,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     setup.overrides = args.set;
     setup.eval_limit = args.limit;
     setup.max_new_tokens = args.max_new_tokens;
+    setup.rows = args.rows;
     if let Some(p) = &args.paths {
         setup.paths = Paths::from_file(p)?;
     }

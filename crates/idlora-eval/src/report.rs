@@ -143,7 +143,7 @@ impl PaperLayout {
 }
 
 /// What the `# Params (%)` column divides by, printed under every paper-layout table.
-pub const PARAMS_NOTE: &str = "# Params (%): trainable parameters / all parameters of the base model \
+pub const PARAMS_NOTE: &str = "`# Params (%)`: trainable parameters / all parameters of the base model \
 (embeddings and head included), from the evaluated model's shapes. The paper's percentages do not \
 all follow from its own Table 6 counts over LLaMA-3-8B's 8,030,261,248 parameters: LoRA r = 32 is \
 83,886,080 = 1.04% (printed 1.03%), ID-LoRA r = 128, k = p = 4 is 49,020,928 = 0.61% (printed 0.56%).";

@@ -125,6 +125,9 @@ pub struct Setup {
     pub eval_limit: Option<usize>,
     /// Tokens generated at most, instead of each benchmark's default.
     pub max_new_tokens: Option<usize>,
+    /// Run only the cells of these rows (labels as in the table); the others keep the results
+    /// they have on disk. Empty: every row.
+    pub rows: Vec<String>,
 }
 
 impl Setup {
@@ -141,6 +144,7 @@ impl Setup {
             overrides: Vec::new(),
             eval_limit: None,
             max_new_tokens: None,
+            rows: Vec::new(),
         }
     }
 }
@@ -499,6 +503,15 @@ pub fn reproduce(setup: &Setup, observer: &dyn GridObserver) -> Result<GridOutco
     let grid = cells(setup.experiment, setup.scale, setup.seeds);
     std::fs::create_dir_all(&setup.out)
         .map_err(|source| ReproduceError::Io { path: setup.out.clone(), source })?;
+    if let Some(bad) = setup.rows.iter().find(|r| !grid.iter().any(|c| &c.row == *r)) {
+        let mut rows: Vec<&str> = grid.iter().map(|c| c.row.as_str()).collect();
+        rows.dedup();
+        return Err(ReproduceError::Setting(format!(
+            "--rows: `{bad}` is not a row of {} (rows: {})",
+            setup.experiment.name(),
+            rows.join(", ")
+        )));
+    }
     let mut records: Vec<CellRecord> = Vec::new();
     let total = grid.len();
     for (i, cell) in grid.iter().enumerate() {
@@ -514,6 +527,17 @@ pub fn reproduce(setup: &Setup, observer: &dyn GridObserver) -> Result<GridOutco
             }
         };
         let dir = setup.out.join(&cell.id);
+        if !setup.rows.is_empty() && !setup.rows.contains(&cell.row) {
+            // Not selected: its finished results still belong in the table.
+            let finished = EvalReport::load(&dir.join("eval").join("results.json"))
+                .ok()
+                .filter(|r| cell.domain.tasks().iter().all(|t| r.tasks.iter().any(|x| x.task == *t)));
+            records.push(match finished {
+                Some(report) => CellRecord::done(cell, report, false, false, 0.0),
+                None => CellRecord::skipped(cell, "not run yet (not among the selected rows)"),
+            });
+            continue;
+        }
         idlora_data::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         let trained = PathBuf::from(&cfg.train.output_dir).join("summary.json").is_file();
         observer.cell_started(i, total, cell, if trained { "evaluate" } else { "train + evaluate" });

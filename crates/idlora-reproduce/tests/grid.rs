@@ -226,6 +226,17 @@ fn an_interrupted_cell_needs_resume_and_missing_data_is_named() {
     assert!(again.cells[0].is_done() && again.cells[0].evaluated_now);
     assert!(again.cells[1..].iter().all(|c| !c.trained_now), "only the interrupted cell runs");
 
+    // --rows: only the selected row runs; the others are listed as not run yet.
+    let mut some = world.setup(Experiment::Table8, "rows");
+    some.rows = vec!["k=4".into()];
+    let outcome = reproduce(&some, &Log::default()).expect("rows");
+    let ran: Vec<&str> = outcome.cells.iter().filter(|c| c.trained_now).map(|c| c.row.as_str()).collect();
+    assert_eq!(ran, ["k=4"]);
+    assert!(outcome.cells.iter().filter(|c| c.row != "k=4").all(|c| c.status.contains("not run yet")));
+    some.rows = vec!["k=5".into()];
+    let err = reproduce(&some, &Log::default()).expect_err("bad row").to_string();
+    assert!(err.contains("k=5") && err.contains("k=8"), "{err}");
+
     // Table 1 without the code and safety data: those cells are listed as not run, with why.
     let mut t1 = world.setup(Experiment::Table1, "t1-partial");
     t1.paths.data.codealpaca = None;
