@@ -104,6 +104,17 @@ impl EvalReport {
     }
 }
 
+/// The reports' labels, each once, in the order they first appear (a table's rows).
+fn labels_in_order(reports: &[EvalReport]) -> Vec<&str> {
+    let mut labels: Vec<&str> = Vec::new();
+    for r in reports {
+        if !labels.contains(&r.label.as_str()) {
+            labels.push(&r.label);
+        }
+    }
+    labels
+}
+
 /// The column layouts of the paper's result tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PaperLayout {
@@ -181,13 +192,7 @@ pub fn paper_table(reports: &[EvalReport], layout: PaperLayout) -> String {
     s.push_str("\n|---|---|");
     s.push_str(&"---|".repeat(columns.len()));
     s.push('\n');
-    let mut labels: Vec<&str> = Vec::new();
-    for r in reports {
-        if !labels.contains(&r.label.as_str()) {
-            labels.push(&r.label);
-        }
-    }
-    for label in labels {
+    for label in labels_in_order(reports) {
         let rows: Vec<&EvalReport> = reports.iter().rev().filter(|r| r.label == label).collect();
         let params = rows.iter().map(|r| params_cell(r)).find(|c| c != "-").unwrap_or_else(|| "-".into());
         s.push_str(&format!("| {label} | {params} |"));
@@ -240,13 +245,7 @@ pub fn comparison_table(reports: &[EvalReport]) -> String {
     s.push_str(" Avg. |\n|---|");
     s.push_str(&"---|".repeat(columns.len() + 1));
     s.push('\n');
-    let mut labels: Vec<&str> = Vec::new();
-    for r in reports {
-        if !labels.contains(&r.label.as_str()) {
-            labels.push(&r.label);
-        }
-    }
-    for label in labels {
+    for label in labels_in_order(reports) {
         s.push_str(&format!("| {label} |"));
         let mut sum = 0.0;
         let mut count = 0;
