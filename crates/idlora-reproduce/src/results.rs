@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use idlora_eval::report::{EvalReport, PARAMS_NOTE};
+use idlora_eval::report::{EvalReport, PARAMS_NOTE, PaperLayout};
 use serde::Serialize;
 
 use crate::error::Result;
@@ -88,14 +88,14 @@ impl CellRecord {
     }
 }
 
+/// The columns a cell's scores go in: the domain decides (only Table 1's single-task cells use
+/// the single-task layout).
 fn layout_columns(cell: &Cell) -> Vec<(&'static str, &'static str, Option<&'static str>)> {
-    let experiment = match cell.paper {
-        Some(p) => p.experiment,
-        // Without a paper row the domain decides the layout.
-        None if cell.domain == crate::experiment::Domain::MultiTask => Experiment::Table2,
-        None => Experiment::Table1,
+    let layout = match cell.domain {
+        crate::experiment::Domain::MultiTask => PaperLayout::MultiTask,
+        _ => PaperLayout::SingleTask,
     };
-    experiment.layout().columns()
+    layout.columns()
 }
 
 fn scores(cell: &Cell, report: &EvalReport) -> BTreeMap<String, f64> {

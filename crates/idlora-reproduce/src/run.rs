@@ -259,27 +259,16 @@ fn base_config(
             None => Ok((text, sets)),
         });
     }
-    let text = match (cell.model, cell.domain) {
-        (ModelName::Llama3_8b | ModelName::Llama32_3b | ModelName::Smollm2, Domain::MultiTask) => {
-            include_str!("../../../configs/train/llama3-8b-multitask.toml")
-        }
-        (ModelName::Llama3_8b | ModelName::Llama32_3b | ModelName::Smollm2, Domain::Math) => {
-            include_str!("../../../configs/train/llama3-8b-math.toml")
-        }
-        (ModelName::Llama3_8b | ModelName::Llama32_3b | ModelName::Smollm2, Domain::Code) => {
-            include_str!("../../../configs/train/llama3-8b-code.toml")
-        }
-        (ModelName::Llama3_8b | ModelName::Llama32_3b | ModelName::Smollm2, Domain::Safety) => {
-            include_str!("../../../configs/train/llama3-8b-safety.toml")
-        }
-        (ModelName::Mistral7b, Domain::MultiTask) => {
-            include_str!("../../../configs/train/mistral-7b-multitask.toml")
-        }
-        (ModelName::Mistral7b, Domain::Math) => include_str!("../../../configs/train/mistral-7b-math.toml"),
-        (ModelName::Mistral7b, Domain::Code) => include_str!("../../../configs/train/mistral-7b-code.toml"),
-        (ModelName::Mistral7b, Domain::Safety) => {
-            include_str!("../../../configs/train/mistral-7b-safety.toml")
-        }
+    // LLaMA-3.2-3B (Tables 3, 8) runs the LLaMA-3-8B settings; only Mistral has its own.
+    let text = match (cell.model == ModelName::Mistral7b, cell.domain) {
+        (false, Domain::MultiTask) => include_str!("../../../configs/train/llama3-8b-multitask.toml"),
+        (false, Domain::Math) => include_str!("../../../configs/train/llama3-8b-math.toml"),
+        (false, Domain::Code) => include_str!("../../../configs/train/llama3-8b-code.toml"),
+        (false, Domain::Safety) => include_str!("../../../configs/train/llama3-8b-safety.toml"),
+        (true, Domain::MultiTask) => include_str!("../../../configs/train/mistral-7b-multitask.toml"),
+        (true, Domain::Math) => include_str!("../../../configs/train/mistral-7b-math.toml"),
+        (true, Domain::Code) => include_str!("../../../configs/train/mistral-7b-code.toml"),
+        (true, Domain::Safety) => include_str!("../../../configs/train/mistral-7b-safety.toml"),
     };
     let model_key = cell.model.key();
     let model = setup.paths.models.get(model_key).cloned();
