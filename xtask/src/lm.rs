@@ -29,6 +29,11 @@ pub struct ModelArgs {
     /// Precision the base is stored and multiplied in: f32, bf16 or f16 (adapters stay f32).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// Keep a LoRA / DoRA adapter separate. By default it is merged into the base weights for
+    /// inference (same outputs up to f32 rounding, the base model's speed); routed methods and a
+    /// base stored below f32 are never merged.
+    #[arg(long)]
+    pub unmerged: bool,
 }
 
 impl ModelArgs {
@@ -53,7 +58,7 @@ impl ModelArgs {
         let picked = pick(self.device)?;
         eprintln!("device: {}", picked.description);
         let t = Instant::now();
-        let loaded = load_with_adapter_as(&path, self.adapter.as_deref(), &picked.device, self.precision)
+        let mut loaded = load_with_adapter_as(&path, self.adapter.as_deref(), &picked.device, self.precision)
             .with_context(|| match &self.adapter {
                 Some(a) => format!("loading {} with adapter {}", path.display(), a.display()),
                 None => format!("loading {}", path.display()),
@@ -63,6 +68,12 @@ impl ModelArgs {
                 eprintln!("warning: {w}");
             }
             eprintln!("adapter: {label} ({} modules)", file.modules().len());
+        }
+        if !self.unmerged {
+            let n = loaded.model.merge_adapters().context("merging the adapter")?;
+            if n > 0 {
+                eprintln!("adapter merged into {n} projections (--unmerged keeps it separate)");
+            }
         }
         eprintln!("loaded {} in {:.1} s", path.display(), t.elapsed().as_secs_f64());
         Ok((loaded, picked.description))

@@ -62,6 +62,39 @@ impl CausalLm {
         out
     }
 
+    /// Folds every LoRA / DoRA adapter into its base weight, for inference: the merged model
+    /// computes the same function (up to f32 rounding) with the base layer's cost only, while an
+    /// unmerged DoRA re-normalises its weight at every forward. Routed methods (HydraLoRA,
+    /// MoELoRA, ID-LoRA) depend on the input through their router and stay as they are, and so
+    /// does everything when the base is stored below f32 (a bf16 base would round the update
+    /// away). Returns how many projections were merged now.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use burn::tensor::Device;
+    /// use idlora_adapter::{MethodConfig, MethodKind};
+    /// use idlora_models::{layout::Target, load};
+    /// let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_gqa_untied");
+    /// let lora = MethodConfig::new(MethodKind::Lora, 2);
+    /// let mut model = load(&dir, &Device::flex())?.apply_adapters(&lora, &[Target::Q, Target::V], None)?;
+    /// assert_eq!(model.merge_adapters()?, 2 * model.config.num_layers);
+    /// assert_eq!(model.merge_adapters()?, 0); // already merged
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn merge_adapters(&mut self) -> Result<usize> {
+        if self.base_precision() != crate::precision::Precision::F32 {
+            return Ok(0);
+        }
+        let mut merged = 0;
+        for (_, p) in self.projections_mut() {
+            if matches!(p.kind(), MethodKind::Lora | MethodKind::Dora) && !p.merged {
+                *p = p.clone().merge()?;
+                merged += 1;
+            }
+        }
+        Ok(merged)
+    }
+
     /// Wraps the `targets` projections of every layer with `method` and freezes everything else
     /// (embeddings, norms, head, untargeted projections). Full fine-tuning leaves the whole model
     /// trainable. ID-LoRA takes its index sets from `bases`.

@@ -177,3 +177,24 @@ fn small_shards_get_an_index_that_loads() {
     let err = max_abs(&logits(&base), &logits(&load(tmp.path(), &Device::flex()).expect("reload")));
     assert_eq!(err, 0.0, "sharded f32 export reloads exactly");
 }
+
+#[test]
+fn merging_for_inference_keeps_the_logits_and_leaves_routed_methods() {
+    // LoRA and DoRA with fixed non-zero updates: merged in place, same logits (the update is
+    // large enough that dropping it would show: the base model is > 1e-2 away, checked above).
+    for (_, base, method) in &CASES[..2] {
+        let mut model = adapted(base, *method);
+        let before = logits(&model);
+        assert_eq!(model.merge_adapters().expect("merge"), 14, "{base}");
+        assert!(model.projections().iter().all(|(_, p)| p.merged));
+        let err = max_abs(&before, &logits(&model));
+        assert!(err < 1e-4, "{base} {method:?}: merged vs unmerged max-abs {err}");
+        assert_eq!(model.merge_adapters().expect("again"), 0, "merging twice merges nothing");
+    }
+    // A routed method is left unmerged.
+    let base = load(&fixtures().join("llama_gqa_untied"), &Device::flex()).expect("fixture");
+    let cfg = MethodConfig::new(MethodKind::HydraLora, 2);
+    let mut hydra = base.apply_adapters(&cfg, &Target::ALL, None).expect("adapters");
+    assert_eq!(hydra.merge_adapters().expect("merge"), 0);
+    assert!(hydra.projections().iter().all(|(_, p)| !p.merged));
+}

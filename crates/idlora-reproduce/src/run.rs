@@ -432,9 +432,12 @@ fn eval_cell(
     };
     let picked = idlora_models::pick(cfg.train.device)
         .map_err(|e| ReproduceError::Setting(format!("{}: {e}", cell.id)))?;
-    let loaded =
+    let mut loaded =
         idlora_models::load_with_adapter_as(&model_path, adapter.as_deref(), &picked.device, Precision::F32)
             .map_err(model_err)?;
+    // LoRA / DoRA are evaluated merged (the same function, the base layer's cost: unmerged DoRA
+    // decodes about 4x slower); routed methods stay as they are.
+    loaded.model.merge_adapters().map_err(model_err)?;
     let summary = read_json(&run.join("summary.json"));
     report.model = model_path.display().to_string();
     report.adapter = adapter.as_ref().map(|a| a.display().to_string());
