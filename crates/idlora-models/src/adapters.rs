@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::layout::Target;
 use burn::module::Module;
+use burn::tensor::Tensor;
 use idlora_adapter::IndexSets;
 use idlora_adapter::{AdaptedLinear, AdapterConfig, AdapterFile, MethodConfig, MethodKind};
 use idlora_cluster::PmrcConfig;
@@ -12,7 +13,7 @@ use idlora_cluster::bases_file::BasesFile;
 use idlora_cluster::many::{OwnedMatrix, select_bases_many};
 
 use crate::error::{ModelError, Result};
-use crate::model::CausalLm;
+use crate::model::{CausalLm, ForwardInput};
 
 /// Where ID-LoRA's index sets come from.
 pub enum BasesSource<'a> {
@@ -21,6 +22,63 @@ pub enum BasesSource<'a> {
     Cluster(PmrcConfig, &'a (dyn Fn(usize, usize) + Sync)),
     /// A file written by `cargo xtask cluster --model`.
     File(&'a BasesFile),
+}
+
+/// The router weights of one routed projection for every token of an input.
+#[derive(Clone, Debug)]
+pub struct Routing {
+    /// Decoder layer.
+    pub layer: usize,
+    /// Projection.
+    pub target: Target,
+    /// `softmax(W_g x)` per token, `[batch * seq, experts]`: ID-LoRA's `k` clusters, HydraLoRA's
+    /// heads, MoELoRA's experts.
+    pub weights: Tensor<2>,
+}
+
+impl CausalLm {
+    /// The projection `target` of layer `layer`, if the model has that layer.
+    pub fn projection(&self, layer: usize, target: Target) -> Option<&AdaptedLinear> {
+        let l = self.layers.get(layer)?;
+        Some(match target {
+            Target::Q => &l.self_attn.q_proj,
+            Target::K => &l.self_attn.k_proj,
+            Target::V => &l.self_attn.v_proj,
+            Target::O => &l.self_attn.o_proj,
+            Target::Gate => &l.mlp.gate_proj,
+            Target::Up => &l.mlp.up_proj,
+            Target::Down => &l.mlp.down_proj,
+        })
+    }
+
+    /// The router weights of every routed projection (HydraLoRA, MoELoRA, ID-LoRA) for every
+    /// token of `input`, in layer order: one forward pass, each router applied to the input its
+    /// projection reads. Empty for a model without routers.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use burn::tensor::Device;
+    /// use idlora_adapter::{MethodConfig, MethodKind};
+    /// use idlora_models::{ForwardInput, layout::Target, load};
+    /// let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_gqa_untied");
+    /// let hydra = MethodConfig::new(MethodKind::HydraLora, 2); // 3 heads by default
+    /// let model = load(&dir, &Device::flex())?.apply_adapters(&hydra, &[Target::Down], None)?;
+    /// let routing = model.routing(&ForwardInput::single(&[1, 2, 3, 4]))?;
+    /// assert_eq!(routing.len(), model.config.num_layers);
+    /// assert_eq!(routing[0].weights.dims()[0], 4); // one row per token
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn routing(&self, input: &ForwardInput) -> Result<Vec<Routing>> {
+        let mut out = Vec::new();
+        self.hidden_seen(input, &mut |layer, target, x| {
+            let Some(p) = self.projection(layer, target) else { return };
+            let [b, s, d] = x.dims();
+            if let Some(weights) = p.router_weights(x.clone().reshape([b * s, d])) {
+                out.push(Routing { layer, target, weights });
+            }
+        })?;
+        Ok(out)
+    }
 }
 
 impl CausalLm {

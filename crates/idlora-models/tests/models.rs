@@ -566,3 +566,70 @@ fn whole_checkpoint_clustering_equals_each_matrix_alone_and_the_loaded_models() 
     let e = cluster_checkpoint(&weights, &targets, &too_big, &|_, _| {}).unwrap_err().to_string();
     assert!(e.contains("model.layers.") && e.contains(".weight"), "{e}");
 }
+
+/// Router matrices (and every other adapter matrix) set to fixed non-trivial values, so that the
+/// routing is not uniform.
+struct Spread(usize);
+impl burn::module::ModuleMapper for Spread {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        self.0 += 1;
+        let c = self.0 as f32;
+        param.map(|t| {
+            let shape = t.shape();
+            let v: Vec<f32> = (0..shape.num_elements()).map(|j| (0.71 * j as f32 + c).sin()).collect();
+            Tensor::<D>::from_data(burn::tensor::TensorData::new(v, shape), &t.device())
+        })
+    }
+}
+
+#[test]
+fn routing_follows_the_forward_pass_and_matches_a_hand_computed_router() {
+    use burn::module::Module;
+    let tokens = [1u32, 17, 42, 3, 63];
+    let base = model("llama_gqa_untied");
+    let plain = vec3(base.hidden(&ForwardInput::single(&tokens), None).unwrap());
+    // The probed path computes the same hidden states, and sees all seven inputs per layer.
+    let mut seen = Vec::new();
+    let probed =
+        base.hidden_seen(&ForwardInput::single(&tokens), &mut |l, t, x| seen.push((l, t, x.dims()))).unwrap();
+    assert_eq!(max_abs(&vec3(probed), &plain), 0.0);
+    assert_eq!(seen.len(), 7 * base.config.num_layers);
+    let c = &base.config;
+    assert_eq!(seen[3], (0, Target::O, [1, 5, c.num_heads * c.head_dim]));
+    assert_eq!(seen[6], (0, Target::Down, [1, 5, c.intermediate_size]));
+    assert!(base.routing(&ForwardInput::single(&tokens)).unwrap().is_empty(), "no routers, no routing");
+
+    let cfg = MethodConfig::new(MethodKind::HydraLora, 2);
+    let mut hydra = base.clone().apply_adapters(&cfg, &[Target::Q, Target::Down], None).unwrap();
+    for (_, p) in hydra.projections_mut() {
+        p.adapter = p.adapter.take().map(|a| a.map(&mut Spread(0)));
+    }
+    let routing = hydra.routing(&ForwardInput::single(&tokens)).unwrap();
+    assert_eq!(routing.len(), 2 * c.num_layers);
+    assert_eq!((routing[0].layer, routing[0].target, routing[1].target), (0, Target::Q, Target::Down));
+    // Layer 0's q router by hand: softmax(rmsnorm(embedding) W_g) per token.
+    let emb = hydra.embed_tokens.val().into_data().try_into_vec::<f32>().unwrap();
+    let norm = hydra.layers[0].input_layernorm.weight.val().into_data().try_into_vec::<f32>().unwrap();
+    let router = hydra.projection(0, Target::Q).unwrap().adapter.as_ref().unwrap().router().unwrap();
+    let w = router.val().into_data().try_into_vec::<f32>().unwrap();
+    let (d, heads) = (c.hidden_size, 3);
+    assert_eq!(w.len(), d * heads);
+    let got = routing[0].weights.clone().into_data().try_into_vec::<f32>().unwrap();
+    for (i, &t) in tokens.iter().enumerate() {
+        let row = &emb[t as usize * d..(t as usize + 1) * d];
+        let rms = (row.iter().map(|v| v * v).sum::<f32>() / d as f32 + c.rms_norm_eps as f32).sqrt();
+        let x: Vec<f32> = row.iter().zip(&norm).map(|(v, g)| v / rms * g).collect();
+        let logits: Vec<f32> = (0..heads).map(|j| (0..d).map(|a| x[a] * w[a * heads + j]).sum()).collect();
+        let m = logits.iter().cloned().fold(f32::MIN, f32::max);
+        let z: f32 = logits.iter().map(|l| (l - m).exp()).sum();
+        for j in 0..heads {
+            let want = (logits[j] - m).exp() / z;
+            let have = got[i * heads + j];
+            assert!((want - have).abs() < 1e-5, "token {i} head {j}: {have} vs {want}");
+        }
+    }
+    assert!(got.iter().any(|&v| (v - 1.0 / 3.0).abs() > 0.05), "routing must not be uniform here");
+}

@@ -42,6 +42,10 @@ pub struct CellRecord {
     pub seconds: f64,
     /// The paper's `# Params (%)` and scores for the row, when reported.
     pub paper: Option<(String, Vec<Option<f64>>)>,
+    /// Task spread of the router analysis (`idlora_eval::router`), for routed methods in
+    /// multi-task cells: 0 when every task is routed alike.
+    #[serde(default)]
+    pub router_spread: Option<f64>,
 }
 
 impl CellRecord {
@@ -61,6 +65,7 @@ impl CellRecord {
             evaluated_now: false,
             seconds: 0.0,
             paper: cell.paper.map(|p| (p.params.to_string(), p.scores.to_vec())),
+            router_spread: None,
         }
     }
 
@@ -273,6 +278,28 @@ fn markdown(setup: &Setup, rows: &[RowSummary], records: &[CellRecord]) -> Strin
         s.push_str("Not run:\n\n");
         for n in not_run {
             let _ = writeln!(s, "- {n}");
+        }
+        s.push('\n');
+    }
+    let routed: Vec<&CellRecord> = records.iter().filter(|r| r.router_spread.is_some()).collect();
+    if !routed.is_empty() {
+        s.push_str(
+            "## Router analysis\n\nPer routed cell, the mean router weight of each cluster (ID-LoRA), \
+             head (HydraLoRA) or expert (MoELoRA), per layer, projection and task, over the first \
+             benchmark questions of each task: `<cell>/router/router.svg` (heat map) and \
+             `router.json`. Task spread: the mean total-variation distance between a task's mixture \
+             and the average over tasks (0 = every task routed alike; 0.75 = four tasks on four \
+             separate clusters).\n\n| Method | seed | task spread | heat map |\n|---|---|---|---|\n",
+        );
+        for r in routed {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.4} | [{id}/router/router.svg]({id}/router/router.svg) |",
+                r.row,
+                r.seed,
+                r.router_spread.unwrap_or(0.0),
+                id = r.id
+            );
         }
         s.push('\n');
     }

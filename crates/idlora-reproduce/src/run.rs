@@ -15,8 +15,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use idlora_adapter::MethodKind;
 use idlora_eval::benchmark::{self, DataSources, EvalContext};
 use idlora_eval::report::EvalReport;
+use idlora_eval::router::{self, RouterReport};
 use idlora_eval::sandbox::{Sandbox, SandboxConfig};
 use idlora_eval::task::EvalSettings;
 use idlora_models::{Precision, SamplingConfig};
@@ -449,17 +451,7 @@ fn eval_cell(
         None => idlora_data::prompt::recorded_format(&model_path),
     }
     .map_err(|e| ReproduceError::Setting(format!("{}: {e}", cell.id)))?;
-    let e = &setup.paths.eval;
-    let data = DataSources {
-        cache: setup.cache.clone(),
-        gsm8k: e.gsm8k.clone(),
-        gsm8k_fewshot: None,
-        humaneval: e.humaneval.clone(),
-        mmlu: e.mmlu.clone(),
-        mmlu_split: "test".into(),
-        cqa: e.cqa.clone(),
-        hexphi: e.hexphi.clone(),
-    };
+    let data = data_sources(setup);
     let benchmarks = benchmark::select(&missing).map_err(eval_err)?;
     for b in &benchmarks {
         b.check(&data).map_err(eval_err)?;
@@ -486,6 +478,71 @@ fn eval_cell(
         report.save(&file).map_err(eval_err)?;
     }
     Ok((report, true))
+}
+
+/// Texts per task and tokens per text of a cell's router analysis.
+pub const ROUTER_TEXTS: usize = 32;
+/// See [`ROUTER_TEXTS`].
+pub const ROUTER_MAX_TOKENS: usize = 256;
+
+/// The router analysis of a routed method's multi-task cell (`<cell>/router/`), run once; its
+/// task spread. `None` for cells without a router or with one task.
+fn route_cell(
+    cell: &Cell,
+    cfg: &TrainConfig,
+    setup: &Setup,
+    observer: &dyn GridObserver,
+) -> Result<Option<f64>> {
+    let routed = matches!(cfg.method.kind, MethodKind::HydraLora | MethodKind::MoeLora | MethodKind::IdLora);
+    let tasks = cell.domain.tasks();
+    if !routed || tasks.len() < 2 {
+        return Ok(None);
+    }
+    let dir = setup.out.join(&cell.id).join("router");
+    if let Ok(done) = RouterReport::load(&dir.join("router.json")) {
+        return Ok(Some(done.task_spread()));
+    }
+    let eval_err = |source: idlora_eval::EvalError| ReproduceError::Eval {
+        cell: cell.id.clone(),
+        source: Box::new(source),
+    };
+    let run = PathBuf::from(&cfg.train.output_dir);
+    let picked = idlora_models::pick(cfg.train.device)
+        .map_err(|e| ReproduceError::Setting(format!("{}: {e}", cell.id)))?;
+    let loaded = idlora_models::load_with_adapter_as(
+        Path::new(&cfg.model.path),
+        Some(&run.join("adapter")),
+        &picked.device,
+        Precision::F32,
+    )
+    .map_err(|source| ReproduceError::Model { cell: cell.id.clone(), source: Box::new(source) })?;
+    let texts = router::benchmark_tasks(tasks, &data_sources(setup), ROUTER_TEXTS).map_err(eval_err)?;
+    let tokenizer = loaded
+        .tokenizer()
+        .map_err(|source| ReproduceError::Model { cell: cell.id.clone(), source: Box::new(source) })?;
+    let tokens = texts
+        .iter()
+        .map(|t| t.encode(tokenizer, ROUTER_MAX_TOKENS))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(eval_err)?;
+    let progress = |d: usize, t: usize| observer.eval_progress("router", d, t);
+    let report = router::analyze(&loaded.model, &cell.row, &tokens, &progress).map_err(eval_err)?;
+    report.save(&dir).map_err(eval_err)?;
+    Ok(Some(report.task_spread()))
+}
+
+fn data_sources(setup: &Setup) -> DataSources {
+    let e = &setup.paths.eval;
+    DataSources {
+        cache: setup.cache.clone(),
+        gsm8k: e.gsm8k.clone(),
+        gsm8k_fewshot: None,
+        humaneval: e.humaneval.clone(),
+        mmlu: e.mmlu.clone(),
+        mmlu_split: "test".into(),
+        cqa: e.cqa.clone(),
+        hexphi: e.hexphi.clone(),
+    }
 }
 
 /// Runs (or continues) the grid `setup` describes, rewriting `results.md` and `results.json` in
@@ -525,7 +582,13 @@ pub fn reproduce(setup: &Setup, observer: &dyn GridObserver) -> Result<GridOutco
                 .ok()
                 .filter(|r| cell.domain.tasks().iter().all(|t| r.tasks.iter().any(|x| x.task == *t)));
             records.push(match finished {
-                Some(report) => CellRecord::done(cell, report, false, false, 0.0),
+                Some(report) => {
+                    let mut r = CellRecord::done(cell, report, false, false, 0.0);
+                    r.router_spread = RouterReport::load(&dir.join("router").join("router.json"))
+                        .ok()
+                        .map(|r| r.task_spread());
+                    r
+                }
                 None => CellRecord::skipped(cell, "not run yet (not among the selected rows)"),
             });
             continue;
@@ -535,7 +598,11 @@ pub fn reproduce(setup: &Setup, observer: &dyn GridObserver) -> Result<GridOutco
         observer.cell_started(i, total, cell, if trained { "evaluate" } else { "train + evaluate" });
         let trained_now = train_cell(cell, &cfg, setup, observer)?;
         let (report, evaluated_now) = eval_cell(cell, &cfg, setup, observer)?;
-        records.push(CellRecord::done(cell, report, trained_now, evaluated_now, t.elapsed().as_secs_f64()));
+        let spread = route_cell(cell, &cfg, setup, observer)?;
+        let mut record =
+            CellRecord::done(cell, report, trained_now, evaluated_now, t.elapsed().as_secs_f64());
+        record.router_spread = spread;
+        records.push(record);
         observer.cell_finished(i, total, &records[i]);
         results::write(setup, &records)?;
     }

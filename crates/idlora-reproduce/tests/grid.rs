@@ -189,6 +189,27 @@ fn every_small_grid_runs_with_the_papers_rows_and_columns_and_reruns_skip() {
             let line = line.unwrap_or_else(|| panic!("{experiment:?}: no row {}:\n{md}", cell.row));
             assert!(line.contains(&format!(" / {paper} |")), "{line}");
         }
+        // Routed methods in multi-task cells get the router analysis; the others do not.
+        let mut router_files = Vec::new();
+        for (record, cell) in outcome.cells.iter().zip(&grid) {
+            let routed = ["hydralora", "moelora", "idlora"]
+                .iter()
+                .any(|k| cell.method.contains(&format!("method.kind={k}")));
+            let multi = cell.domain.tasks().len() > 1;
+            let file = setup.out.join(&cell.id).join("router").join("router.json");
+            assert_eq!(record.router_spread.is_some(), routed && multi, "{}", record.id);
+            assert_eq!(file.is_file(), routed && multi, "{}", record.id);
+            if routed && multi {
+                let report = idlora_eval::router::RouterReport::load(&file).expect("router.json");
+                assert_eq!(report.tasks, cell.domain.tasks(), "{}", record.id);
+                assert_eq!(report.projections.len(), 7, "{}: one layer, seven projections", record.id);
+                let line = md.lines().find(|l| l.starts_with(&format!("| {} | {} | ", cell.row, cell.seed)));
+                assert!(line.is_some_and(|l| l.contains("router.svg")), "{}:\n{md}", record.id);
+                router_files.push((file.clone(), std::fs::metadata(&file).and_then(|m| m.modified()).ok()));
+            }
+        }
+        assert_eq!(md.contains("## Router analysis"), !router_files.is_empty(), "{experiment:?}");
+        assert_eq!(router_files.is_empty(), experiment == Experiment::Table1, "{experiment:?}");
         if experiment == Experiment::Table7 {
             let svg = std::fs::read_to_string(setup.out.join("figure4.svg")).expect("figure4.svg");
             assert_eq!(svg.matches("<polyline").count(), 8, "two series in four panels");
@@ -200,6 +221,10 @@ fn every_small_grid_runs_with_the_papers_rows_and_columns_and_reruns_skip() {
         // A second run trains and evaluates nothing, and writes the same table.
         let again = reproduce(&setup, &Log::default()).expect("rerun");
         assert!(again.cells.iter().all(|c| !c.trained_now && !c.evaluated_now), "{experiment:?}");
+        for (file, modified) in &router_files {
+            let now = std::fs::metadata(file).and_then(|m| m.modified()).ok();
+            assert_eq!(&now, modified, "{}: the router analysis is not redone", file.display());
+        }
         let md2 = std::fs::read_to_string(&again.markdown).expect("results.md");
         let strip =
             |s: &str| s.lines().filter(|l| !l.starts_with("Wall time")).collect::<Vec<_>>().join("\n");

@@ -54,6 +54,18 @@ impl Attention {
         layer: usize,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
+        self.o_proj.forward(self.context(x, inputs, layer, cache))
+    }
+
+    /// The attention output before `o_proj`, `[batch, seq, heads * head_dim]`: what `o_proj`
+    /// reads.
+    pub fn context(
+        &self,
+        x: Tensor<3>,
+        inputs: &AttentionInputs,
+        layer: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let q = self.q_proj.forward(x.clone()).reshape([b, s, h, d]).swap_dims(1, 2);
@@ -84,6 +96,6 @@ impl Attention {
             let options = AttentionModuleOptions { scale: None, softcap: None, is_causal };
             attention(q, k, v, mask, None, options)
         });
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
+        out.swap_dims(1, 2).reshape([b, s, h * d])
     }
 }

@@ -7,6 +7,7 @@ use super::attention::{Attention, AttentionInputs};
 use super::cache::KvCache;
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
+use crate::layout::Target;
 
 /// One decoder layer (pre-norm attention and MLP with residuals).
 #[derive(Module, Debug)]
@@ -34,5 +35,30 @@ impl DecoderLayer {
         let h = h + a;
         let m = self.mlp.forward(self.post_attention_layernorm.forward(h.clone()));
         h + m
+    }
+
+    /// [`forward`](Self::forward) without a cache, handing each projection's input to `seen`
+    /// (`q`, `k` and `v` read the same tensor, and so do `gate` and `up`). A separate path so that
+    /// the hot one holds no extra references to its activations.
+    pub fn forward_seen(
+        &self,
+        h: Tensor<3>,
+        inputs: &AttentionInputs,
+        layer: usize,
+        seen: &mut dyn FnMut(Target, &Tensor<3>),
+    ) -> Tensor<3> {
+        let x = self.input_layernorm.forward(h.clone());
+        for t in [Target::Q, Target::K, Target::V] {
+            seen(t, &x);
+        }
+        let c = self.self_attn.context(x, inputs, layer, None);
+        seen(Target::O, &c);
+        let h = h + self.self_attn.o_proj.forward(c);
+        let x = self.post_attention_layernorm.forward(h.clone());
+        seen(Target::Gate, &x);
+        seen(Target::Up, &x);
+        let a = self.mlp.activation(x);
+        seen(Target::Down, &a);
+        h + self.mlp.down_proj.forward(a)
     }
 }

@@ -19,6 +19,11 @@ pub struct Mlp {
 impl Mlp {
     /// `down(silu(gate(x)) * up(x))` for `x` `[batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down_proj.forward(swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)))
+        self.down_proj.forward(self.activation(x))
+    }
+
+    /// `silu(gate(x)) * up(x)`: what `down_proj` reads.
+    pub fn activation(&self, x: Tensor<3>) -> Tensor<3> {
+        swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x))
     }
 }

@@ -20,6 +20,7 @@ pub use norm::RmsNorm;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::layout::Target;
 use crate::rope;
 
 /// What one forward pass sees: a batch of token rows, their positions, and optionally which keys
@@ -79,6 +80,35 @@ impl CausalLm {
 
     /// Hidden states after the final norm, `[batch, seq, hidden]`.
     pub fn hidden(&self, input: &ForwardInput, mut cache: Option<&mut KvCache>) -> Result<Tensor<3>> {
+        let past = cache.as_ref().map_or(0, |kv| kv.len());
+        let (mut h, inputs) = self.embed(input, past)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(h, &inputs, i, cache.as_deref_mut());
+        }
+        if let Some(kv) = cache {
+            kv.set_len(past + input.seq);
+        }
+        Ok(self.norm.forward(h))
+    }
+
+    /// [`hidden`](Self::hidden) without a cache, handing every projection's input (`[batch,
+    /// seq, d_in]`) to `seen` with its layer: for analyses of what the adapters see, such as the
+    /// router weights of `idlora_eval::router`.
+    pub fn hidden_seen(
+        &self,
+        input: &ForwardInput,
+        seen: &mut dyn FnMut(usize, Target, &Tensor<3>),
+    ) -> Result<Tensor<3>> {
+        let (mut h, inputs) = self.embed(input, 0)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward_seen(h, &inputs, i, &mut |t, x| seen(i, t, x));
+        }
+        Ok(self.norm.forward(h))
+    }
+
+    /// The checked input's embeddings `[batch, seq, hidden]` and what attention needs, for a
+    /// step after `past` cached positions.
+    fn embed(&self, input: &ForwardInput, past: usize) -> Result<(Tensor<3>, AttentionInputs)> {
         let c = &self.config;
         let (b, s) = (input.batch, input.seq);
         if input.tokens.len() != b * s || s == 0 {
@@ -93,7 +123,6 @@ impl CausalLm {
                 c.vocab_size
             )));
         }
-        let past = cache.as_ref().map_or(0, |kv| kv.len());
         let total = past + s;
         let device = self.device();
         let positions: Vec<usize> = match &input.positions {
@@ -116,15 +145,8 @@ impl CausalLm {
             &device,
         );
         // Activations are f32 whatever the base is stored in (a no-op for an f32 embedding).
-        let mut h =
-            self.embed_tokens.val().select(0, ids).cast(FloatDType::F32).reshape([b, s, c.hidden_size]);
-        for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(h, &inputs, i, cache.as_deref_mut());
-        }
-        if let Some(kv) = cache {
-            kv.set_len(total);
-        }
-        Ok(self.norm.forward(h))
+        let h = self.embed_tokens.val().select(0, ids).cast(FloatDType::F32).reshape([b, s, c.hidden_size]);
+        Ok((h, inputs))
     }
 
     /// Logits `[batch, seq, vocab]`.
