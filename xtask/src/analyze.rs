@@ -59,7 +59,9 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
 
 fn run_router(args: RouterArgs) -> Result<()> {
     let Some(adapter) = args.model.adapter.clone() else {
-        bail!("--adapter is needed: the router analysis reads a HydraLoRA, MoELoRA or ID-LoRA adapter folder");
+        bail!(
+            "--adapter is needed: the router analysis reads a HydraLoRA, MoELoRA or ID-LoRA adapter folder"
+        );
     };
     let names: Vec<&String> = args.tasks.iter().filter(|t| !t.is_empty() && t.as_str() != "none").collect();
     let data = DataSources { cache: paths::cache_dir(), ..Default::default() };

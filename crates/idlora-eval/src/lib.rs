@@ -6,6 +6,7 @@
 //! - [`mmlu`] and [`cqa`]: multiple choice by log-likelihood ([`choice`], [`loglik`]).
 //! - [`hexphi`]: refusal rate on harmful instructions by refusal-phrase matching.
 //! - [`benchmark`]: the registry, every benchmark behind one trait, found by name.
+//! - [`efficiency`]: inference latency and extra memory of a method over its base (Figure 3).
 //! - [`report`]: JSON result files, Markdown tables, comparison of runs.
 //! - [`router`]: mean router weight per cluster, layer and task (does routing specialise?).
 //!
@@ -18,6 +19,7 @@
 pub mod benchmark;
 pub mod choice;
 pub mod cqa;
+pub mod efficiency;
 pub mod error;
 pub mod gsm8k;
 pub mod hexphi;

@@ -369,3 +369,37 @@ fn router_means_are_token_weighted_averages_of_the_routing() {
     let empty = [TaskTokens { task: "c".into(), sequences: vec![] }];
     assert!(analyze(&hydra, "x", &empty, &|_, _| {}).expect_err("empty").to_string().contains("`c`"));
 }
+
+#[test]
+fn efficiency_counts_extra_parameters_and_merged_adapters_add_none() {
+    use idlora_adapter::{MethodConfig, MethodKind};
+    use idlora_eval::efficiency::{EfficiencyRequest, measure};
+    use idlora_models::Target;
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../idlora-models/tests/fixtures/llama_gqa_untied");
+    let base = idlora_models::load(&fixture, &Device::flex()).expect("fixture");
+    let c = base.config.clone();
+    let request = |method: Option<MethodConfig>, merged: bool| EfficiencyRequest {
+        label: "x".into(),
+        model: fixture.clone(),
+        device: idlora_models::DeviceChoice::Cpu,
+        method,
+        merged,
+        targets: vec![Target::Q, Target::Down],
+        prompt_tokens: 5,
+        new_tokens: 3,
+        rounds: 1,
+    };
+    let lora = MethodConfig::new(MethodKind::Lora, 2);
+    let m = measure(&request(Some(lora.clone()), false)).expect("lora");
+    // By hand: r (d_in + d_out) per adapted projection and layer.
+    let q = 2 * (c.hidden_size + c.num_heads * c.head_dim);
+    let down = 2 * (c.intermediate_size + c.hidden_size);
+    assert_eq!(m.extra_params, c.num_layers * (q + down));
+    assert!(m.prompt_ms > 0.0 && m.decode_ms_per_token > 0.0);
+    assert_eq!(measure(&request(Some(lora), true)).expect("merged").extra_params, 0);
+    assert_eq!(measure(&request(None, false)).expect("base").extra_params, 0);
+    let hydra = MethodConfig::new(MethodKind::HydraLora, 2);
+    let err = measure(&request(Some(hydra), true)).expect_err("hydra cannot merge").to_string();
+    assert!(err.contains("cannot be merged"), "{err}");
+}

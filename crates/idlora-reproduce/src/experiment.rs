@@ -2,6 +2,7 @@
 //! trains, which benchmarks it is evaluated on, and where its row and column sit in the paper's
 //! table.
 
+use idlora_adapter::MethodKind;
 use idlora_eval::report::PaperLayout;
 
 use crate::error::{ReproduceError, Result};
@@ -209,18 +210,35 @@ fn rank(scale: Scale, paper: usize, small: usize) -> usize {
     if scale == Scale::Paper { paper } else { small }
 }
 
+/// Every adapter method of the main comparison (Tables 1-2, Figure 3) with its rank: the
+/// paper's (LoRA / DoRA 32, HydraLoRA 16, MoELoRA 8, ID-LoRA 128) or the small scale's quarter.
+///
+/// ```
+/// use idlora_adapter::MethodKind;
+/// use idlora_reproduce::experiment::{Scale, method_ranks};
+/// assert_eq!(method_ranks(Scale::Paper)[4], (MethodKind::IdLora, 128));
+/// assert_eq!(method_ranks(Scale::Small)[2], (MethodKind::HydraLora, 4));
+/// ```
+pub fn method_ranks(scale: Scale) -> [(MethodKind, usize); 5] {
+    [
+        (MethodKind::Lora, rank(scale, 32, 8)),
+        (MethodKind::Dora, rank(scale, 32, 8)),
+        (MethodKind::HydraLora, rank(scale, 16, 4)),
+        (MethodKind::MoeLora, rank(scale, 8, 2)),
+        (MethodKind::IdLora, rank(scale, 128, 32)),
+    ]
+}
+
 /// The main comparison's rows (Tables 1 and 2): FFT and every method at its paper rank.
 fn method_rows(scale: Scale, with_moelora: bool) -> Vec<RowSpec> {
-    let mut rows = vec![
-        row("FFT", vec!["method.kind=full".to_string()]),
-        row("LoRA", kind_rank("lora", rank(scale, 32, 8))),
-        row("DoRA", kind_rank("dora", rank(scale, 32, 8))),
-        row("HydraLoRA", kind_rank("hydralora", rank(scale, 16, 4))),
-    ];
-    if with_moelora {
-        rows.push(row("MoELoRA", kind_rank("moelora", rank(scale, 8, 2))));
+    let mut rows = vec![row("FFT", vec!["method.kind=full".to_string()])];
+    for (kind, r) in method_ranks(scale) {
+        if kind == MethodKind::MoeLora && !with_moelora {
+            continue;
+        }
+        let label = if kind == MethodKind::IdLora { "ID-LoRA (Ours)" } else { kind.display_name() };
+        rows.push(row(label, kind_rank(kind.name(), r)));
     }
-    rows.push(row("ID-LoRA (Ours)", kind_rank("idlora", rank(scale, 128, 32))));
     rows
 }
 

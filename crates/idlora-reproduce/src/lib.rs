@@ -9,6 +9,7 @@
 //!   and benchmarks skipped, interrupted training resumed.
 //! - [`results`]: `results.md` in the paper's layout (our figure beside the paper's), `results.json`,
 //!   Figure 4 as SVG.
+//! - [`fig3`]: Figure 3, inference time and extra memory per method at its rank.
 //! - [`paper`]: the paper's figures.
 //!
 //! ```
@@ -21,6 +22,7 @@
 
 pub mod error;
 pub mod experiment;
+pub mod fig3;
 pub mod paper;
 pub mod results;
 pub mod run;
