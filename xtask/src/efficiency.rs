@@ -47,6 +47,10 @@ pub struct EfficiencyArgs {
     /// Internal: measure this one method in this process and print JSON.
     #[arg(long, hide = true)]
     one: Option<String>,
+    /// Internal, with `--one`: measure peak memory (freed memory goes back to the system, which
+    /// slows every large allocation down: the times of such a run are not reported).
+    #[arg(long, hide = true)]
+    peak_memory: bool,
 }
 
 fn method_config(name: &str, rank: usize) -> Result<Option<(MethodConfig, bool)>> {
@@ -88,6 +92,17 @@ fn measure_one(args: &EfficiencyArgs, name: &str) -> Result<Measurement> {
 /// Measures `request` in a fresh process of this binary (`eval efficiency --one`), so that its
 /// peak memory is its own; `reproduce fig3` measures through this too.
 pub fn measure_in_child(request: &EfficiencyRequest) -> Result<Measurement> {
+    // Times with the allocator as every command runs it (freed memory kept for reuse), peak
+    // memory in a second process that returns freed memory, so that its high-water mark is what
+    // was alive.
+    let mut m = run_child(request, false)?;
+    let mut memory = request.clone();
+    memory.rounds = 1;
+    m.peak_rss_mb = run_child(&memory, true)?.peak_rss_mb;
+    Ok(m)
+}
+
+fn run_child(request: &EfficiencyRequest, peak_memory: bool) -> Result<Measurement> {
     let exe = std::env::current_exe().context("locating the xtask binary")?;
     let mut cmd = Command::new(&exe);
     let (name, rank) = match &request.method {
@@ -105,6 +120,9 @@ pub fn measure_in_child(request: &EfficiencyRequest) -> Result<Measurement> {
         .args(["--rounds", &request.rounds.to_string()])
         .arg("--model")
         .arg(&request.model);
+    if peak_memory {
+        cmd.arg("--peak-memory");
+    }
     let out = cmd.output().with_context(|| format!("running {}", exe.display()))?;
     if !out.status.success() {
         bail!("measuring {} failed:\n{}", request.label, String::from_utf8_lossy(&out.stderr));
@@ -120,7 +138,9 @@ pub fn measure_in_child(request: &EfficiencyRequest) -> Result<Measurement> {
 /// Runs the comparison (or, with `--one`, one method of it).
 pub fn run(args: EfficiencyArgs) -> Result<()> {
     if let Some(name) = &args.one {
-        return_freed_memory();
+        if args.peak_memory {
+            return_freed_memory();
+        }
         let m = measure_one(&args, name)?;
         println!("{}", serde_json::to_string(&m)?);
         return Ok(());

@@ -4,7 +4,10 @@
 //! [`measure`] measures one method in the calling process. Peak memory is the process's
 //! high-water mark (Linux `VmHWM`, reset after loading), so a comparison of methods is only fair
 //! with each in a fresh process: `cargo xtask eval efficiency` and `cargo xtask reproduce fig3`
-//! run every method in its own. It is host memory: on a GPU the device memory is not measured.
+//! run every method in its own. The mark is what was alive only where freed memory goes back to
+//! the system; `cargo xtask` keeps freed memory for reuse (faster), so it times in one process
+//! and reads the peak in a second one that returns it. It is host memory: on a GPU the device
+//! memory is not measured.
 //!
 //! ```
 //! use idlora_eval::efficiency::{Measurement, overhead};
