@@ -480,6 +480,24 @@ fn eval_cell(
     Ok((report, true))
 }
 
+/// The cell's finished results on disk (evaluation and router analysis), or `reason` as a
+/// not-run cell.
+fn on_disk(cell: &Cell, setup: &Setup, reason: &str) -> CellRecord {
+    let dir = setup.out.join(&cell.id);
+    let finished = EvalReport::load(&dir.join("eval").join("results.json"))
+        .ok()
+        .filter(|r| cell.domain.tasks().iter().all(|t| r.tasks.iter().any(|x| x.task == *t)));
+    match finished {
+        Some(report) => {
+            let mut r = CellRecord::done(cell, report, false, false, 0.0);
+            r.router_spread =
+                RouterReport::load(&dir.join("router").join("router.json")).ok().map(|r| r.task_spread());
+            r
+        }
+        None => CellRecord::skipped(cell, reason),
+    }
+}
+
 /// Texts per task and tokens per text of a cell's router analysis.
 pub const ROUTER_TEXTS: usize = 32;
 /// See [`ROUTER_TEXTS`].
@@ -578,19 +596,7 @@ pub fn reproduce(setup: &Setup, observer: &dyn GridObserver) -> Result<GridOutco
         let dir = setup.out.join(&cell.id);
         if !setup.rows.is_empty() && !setup.rows.contains(&cell.row) {
             // Not selected: its finished results still belong in the table.
-            let finished = EvalReport::load(&dir.join("eval").join("results.json"))
-                .ok()
-                .filter(|r| cell.domain.tasks().iter().all(|t| r.tasks.iter().any(|x| x.task == *t)));
-            records.push(match finished {
-                Some(report) => {
-                    let mut r = CellRecord::done(cell, report, false, false, 0.0);
-                    r.router_spread = RouterReport::load(&dir.join("router").join("router.json"))
-                        .ok()
-                        .map(|r| r.task_spread());
-                    r
-                }
-                None => CellRecord::skipped(cell, "not run yet (not among the selected rows)"),
-            });
+            records.push(on_disk(cell, setup, "not run yet (not among the selected rows)"));
             continue;
         }
         idlora_data::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
@@ -604,7 +610,11 @@ pub fn reproduce(setup: &Setup, observer: &dyn GridObserver) -> Result<GridOutco
         record.router_spread = spread;
         records.push(record);
         observer.cell_finished(i, total, &records[i]);
-        results::write(setup, &records)?;
+        // The running table: the cells still to come show what they have on disk from earlier
+        // invocations.
+        let mut table = records.clone();
+        table.extend(grid[i + 1..].iter().map(|c| on_disk(c, setup, "not run yet")));
+        results::write(setup, &table)?;
     }
     let (markdown, json) = results::write(setup, &records)?;
     Ok(GridOutcome { cells: records, markdown, json })
