@@ -66,7 +66,8 @@ fn method_config(name: &str, rank: usize) -> Result<Option<(MethodConfig, bool)>
     })
 }
 
-fn measure_one(args: &EfficiencyArgs, name: &str) -> Result<Measurement> {
+/// The measurement `--methods` entry `name` asks for (`base`, `lora`, `dora-merged`, ...).
+fn request(args: &EfficiencyArgs, name: &str) -> Result<EfficiencyRequest> {
     let model = match &args.model {
         Some(p) => p.clone(),
         None => idlora_assets::fetch(&idlora_assets::SMOLLM2_135M_INSTRUCT_GGUF, &paths::cache_dir())?,
@@ -75,7 +76,7 @@ fn measure_one(args: &EfficiencyArgs, name: &str) -> Result<Measurement> {
         Some((m, merged)) => (Some(m), merged),
         None => (None, false),
     };
-    let request = EfficiencyRequest {
+    Ok(EfficiencyRequest {
         label: name.to_string(),
         model,
         device: args.device,
@@ -85,12 +86,12 @@ fn measure_one(args: &EfficiencyArgs, name: &str) -> Result<Measurement> {
         prompt_tokens: args.prompt_tokens,
         new_tokens: args.new_tokens,
         rounds: args.rounds,
-    };
-    Ok(measure(&request)?)
+    })
 }
 
 /// Measures `request` in a fresh process of this binary (`eval efficiency --one`), so that its
-/// peak memory is its own; `reproduce fig3` measures through this too.
+/// peak memory is its own; `reproduce fig3` measures through this too. The child rebuilds the
+/// method from its kind and rank (its other settings the paper's defaults, as fig3's rows are).
 pub fn measure_in_child(request: &EfficiencyRequest) -> Result<Measurement> {
     // Times with the allocator as every command runs it (freed memory kept for reuse), peak
     // memory in a second process that returns freed memory, so that its high-water mark is what
@@ -141,7 +142,7 @@ pub fn run(args: EfficiencyArgs) -> Result<()> {
         if args.peak_memory {
             return_freed_memory();
         }
-        let m = measure_one(&args, name)?;
+        let m = measure(&request(&args, name)?)?;
         println!("{}", serde_json::to_string(&m)?);
         return Ok(());
     }
@@ -153,26 +154,7 @@ pub fn run(args: EfficiencyArgs) -> Result<()> {
         std::iter::once("base".to_string()).chain(args.methods.iter().cloned()).collect();
     for name in &names {
         eprintln!("measuring {name} ...");
-        let (method, merged) = match method_config(name, args.rank)? {
-            Some((m, merged)) => (Some(m), merged),
-            None => (None, false),
-        };
-        let model = match &args.model {
-            Some(p) => p.clone(),
-            None => idlora_assets::fetch(&idlora_assets::SMOLLM2_135M_INSTRUCT_GGUF, &paths::cache_dir())?,
-        };
-        let request = EfficiencyRequest {
-            label: name.clone(),
-            model,
-            device: args.device,
-            method,
-            merged,
-            targets: args.targets.iter().map(|t| t.parse()).collect::<Result<_, _>>()?,
-            prompt_tokens: args.prompt_tokens,
-            new_tokens: args.new_tokens,
-            rounds: args.rounds,
-        };
-        rows.push(measure_in_child(&request)?);
+        rows.push(measure_in_child(&request(&args, name)?)?);
     }
     let table = render(&args, &rows);
     println!("{table}");

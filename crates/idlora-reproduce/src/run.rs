@@ -21,7 +21,7 @@ use idlora_eval::report::EvalReport;
 use idlora_eval::router::{self, RouterReport};
 use idlora_eval::sandbox::{Sandbox, SandboxConfig};
 use idlora_eval::task::EvalSettings;
-use idlora_models::{Precision, SamplingConfig};
+use idlora_models::{LoadedModel, Precision, SamplingConfig};
 use idlora_train::TrainConfig;
 use idlora_train::trainer::{Observer, Outcome, TrainOptions, train};
 use serde::Deserialize;
@@ -391,13 +391,14 @@ fn eval_settings(
     settings
 }
 
-/// Evaluates the cell on the benchmarks it lacks; returns the report and whether any ran now.
+/// Evaluates the cell on the benchmarks it lacks; returns the report and the model it loaded
+/// (`None` when nothing was left to run), which the router analysis reuses.
 fn eval_cell(
     cell: &Cell,
     cfg: &TrainConfig,
     setup: &Setup,
     observer: &dyn GridObserver,
-) -> Result<(EvalReport, bool)> {
+) -> Result<(EvalReport, Option<LoadedModel>)> {
     let eval_err = |source: idlora_eval::EvalError| ReproduceError::Eval {
         cell: cell.id.clone(),
         source: Box::new(source),
@@ -425,7 +426,7 @@ fn eval_cell(
     let missing: Vec<&str> =
         tasks.iter().copied().filter(|t| !report.tasks.iter().any(|r| r.task == *t)).collect();
     if missing.is_empty() {
-        return Ok((report, false));
+        return Ok((report, None));
     }
     let (model_path, adapter) = if run.join("model").is_dir() {
         (run.join("model"), None)
@@ -477,7 +478,7 @@ fn eval_cell(
         // After every benchmark: an interruption loses at most the one running.
         report.save(&file).map_err(eval_err)?;
     }
-    Ok((report, true))
+    Ok((report, Some(loaded)))
 }
 
 /// The cell's finished results on disk (evaluation and router analysis), or `reason` as a
@@ -504,11 +505,13 @@ pub const ROUTER_TEXTS: usize = 32;
 pub const ROUTER_MAX_TOKENS: usize = 256;
 
 /// The router analysis of a routed method's multi-task cell (`<cell>/router/`), run once; its
-/// task spread. `None` for cells without a router or with one task.
+/// task spread. `None` for cells without a router or with one task. `loaded` is the evaluation's
+/// model when it loaded one (a routed adapter is never merged, so it is the trained model).
 fn route_cell(
     cell: &Cell,
     cfg: &TrainConfig,
     setup: &Setup,
+    loaded: Option<LoadedModel>,
     observer: &dyn GridObserver,
 ) -> Result<Option<f64>> {
     let routed = matches!(cfg.method.kind, MethodKind::HydraLora | MethodKind::MoeLora | MethodKind::IdLora);
@@ -525,15 +528,20 @@ fn route_cell(
         source: Box::new(source),
     };
     let run = PathBuf::from(&cfg.train.output_dir);
-    let picked = idlora_models::pick(cfg.train.device)
-        .map_err(|e| ReproduceError::Setting(format!("{}: {e}", cell.id)))?;
-    let loaded = idlora_models::load_with_adapter_as(
-        Path::new(&cfg.model.path),
-        Some(&run.join("adapter")),
-        &picked.device,
-        Precision::F32,
-    )
-    .map_err(|source| ReproduceError::Model { cell: cell.id.clone(), source: Box::new(source) })?;
+    let loaded = match loaded {
+        Some(l) => l,
+        None => {
+            let picked = idlora_models::pick(cfg.train.device)
+                .map_err(|e| ReproduceError::Setting(format!("{}: {e}", cell.id)))?;
+            idlora_models::load_with_adapter_as(
+                Path::new(&cfg.model.path),
+                Some(&run.join("adapter")),
+                &picked.device,
+                Precision::F32,
+            )
+            .map_err(|source| ReproduceError::Model { cell: cell.id.clone(), source: Box::new(source) })?
+        }
+    };
     let texts = router::benchmark_tasks(tasks, &data_sources(setup), ROUTER_TEXTS).map_err(eval_err)?;
     let tokenizer = loaded
         .tokenizer()
@@ -603,8 +611,9 @@ pub fn reproduce(setup: &Setup, observer: &dyn GridObserver) -> Result<GridOutco
         let trained = PathBuf::from(&cfg.train.output_dir).join("summary.json").is_file();
         observer.cell_started(i, total, cell, if trained { "evaluate" } else { "train + evaluate" });
         let trained_now = train_cell(cell, &cfg, setup, observer)?;
-        let (report, evaluated_now) = eval_cell(cell, &cfg, setup, observer)?;
-        let spread = route_cell(cell, &cfg, setup, observer)?;
+        let (report, loaded) = eval_cell(cell, &cfg, setup, observer)?;
+        let evaluated_now = loaded.is_some();
+        let spread = route_cell(cell, &cfg, setup, loaded, observer)?;
         let mut record =
             CellRecord::done(cell, report, trained_now, evaluated_now, t.elapsed().as_secs_f64());
         record.router_spread = spread;
