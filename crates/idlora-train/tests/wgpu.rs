@@ -1,6 +1,5 @@
 //! The wgpu backend against the CPU backend on a tiny random LLaMA: the same logits, and the same
-//! losses over three ID-LoRA training steps (ignored: it fails today, see the test's reason; run it
-//! with `-- --ignored`). CI runs it on Mesa's software Vulkan (lavapipe):
+//! losses over three ID-LoRA training steps. CI runs it on Mesa's software Vulkan (lavapipe):
 //! `cargo test -p idlora-train --features wgpu --test wgpu`. Without any wgpu adapter the test
 //! fails when `IDLORA_REQUIRE_WGPU=1` (CI sets it) and is skipped with a message otherwise.
 #![cfg(feature = "wgpu")]
@@ -92,8 +91,6 @@ fn id_lora_losses(device: &Device) -> Vec<f32> {
 }
 
 #[test]
-#[ignore = "fails: wgpu's backward on lavapipe gives gradients that differ from flex's and between \
-            runs (LoRA and ID-LoRA alike, with SGD too), while the forward matches; see docs/training.md"]
 fn three_id_lora_steps_on_wgpu_match_the_cpu_backend() {
     let Some(gpu) = wgpu_device() else { return };
     let cpu = id_lora_losses(&Device::flex().autodiff());

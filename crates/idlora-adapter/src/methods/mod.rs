@@ -107,13 +107,20 @@ pub(crate) fn base_weight_f32(base: &Linear) -> Tensor<2> {
 
 /// PEFT's (and `nn.Linear`'s) initialiser for `A` and for routers: Kaiming-uniform with
 /// `a = sqrt(5)`, i.e. `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.
+/// Drawn here and now, by `device`'s generator. Not left as burn's lazy parameter
+/// (`Initializer::init_with` defers the draw to the first use): a lazy parameter that is forked
+/// or moved to another device before its first use is drawn *there*, by that device's generator,
+/// so an adapter built on the CPU after `Device::seed` and then moved to a GPU would start from
+/// other values than the same adapter kept on the CPU (found as wgpu training steps that
+/// differed from the CPU's and between runs).
 pub(crate) fn kaiming(shape: [usize; 2], fan_in: usize, fan_out: usize, device: &Device) -> Param<Tensor<2>> {
-    Initializer::KaimingUniform { gain: 1.0 / 3.0f64.sqrt(), fan_out_only: false }.init_with(
+    let lazy = Initializer::KaimingUniform { gain: 1.0 / 3.0f64.sqrt(), fan_out_only: false }.init_with(
         shape,
         Some(fan_in),
         Some(fan_out),
         device,
-    )
+    );
+    Param::from_tensor(lazy.val())
 }
 
 pub(crate) fn zeros(shape: [usize; 2], device: &Device) -> Param<Tensor<2>> {
