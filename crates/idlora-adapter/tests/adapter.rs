@@ -778,37 +778,3 @@ fn a_bf16_base_multiplies_in_bf16_and_adapters_stay_f32() {
         assert_eq!(bf16_layer.base.weight.val().dtype(), burn::tensor::DType::BF16);
     }
 }
-
-/// Every float of a module, in visiting order.
-struct Values(Vec<f32>);
-impl burn::module::ModuleVisitor for Values {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0.extend(vec_any(param.val()));
-    }
-}
-
-/// An adapter's random initialisation is drawn when it is built, by the generator of the device it
-/// is built on: burn's lazily initialised parameters would be drawn at first use instead, after
-/// whatever else used the generator meanwhile, and by another device's generator when the model
-/// is forked there first (which made wgpu training differ from the CPU's).
-#[test]
-fn adapters_are_drawn_when_built() {
-    let device = Device::flex().autodiff();
-    for (c, s) in all_methods(8) {
-        let build = |draw_between: bool| {
-            device.seed(11);
-            let w = Tensor::<2>::from_data(TensorData::new(vec![0.25f32; 6 * 8], [6, 8]), &device);
-            let b = Linear { weight: Param::from_tensor(w), bias: None };
-            let layer = AdaptedLinear::new("l", b, &c, s.as_ref()).unwrap();
-            if draw_between {
-                let _ = vec_any(Tensor::<2>::random([4, 4], Distribution::Default, &device));
-            }
-            let mut values = Values(Vec::new());
-            layer.adapter.expect("an adapter").visit(&mut values);
-            values.0
-        };
-        let (now, later) = (build(false), build(true));
-        assert!(now.iter().any(|&v| v != 0.0), "{:?}: no random initialisation", c.kind);
-        assert_eq!(now, later, "{:?}: the initialisation depends on draws made after building", c.kind);
-    }
-}
