@@ -1,5 +1,6 @@
 //! When an adapter's random initialisation is drawn. Its own test binary: it reseeds the CPU
 //! device's generator, which every test of a binary shares across its threads.
+#![allow(clippy::unwrap_used)]
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;

@@ -46,6 +46,57 @@ pub struct CellRecord {
     /// multi-task cells: 0 when every task is routed alike.
     #[serde(default)]
     pub router_spread: Option<f64>,
+    /// How far training moved the loss (`None` until the cell has trained).
+    #[serde(default)]
+    pub train_loss: Option<TrainLoss>,
+}
+
+/// How far a cell's training moved its loss: the mean loss per response token over the first and
+/// over the last quarter of its steps (at least one step each). Within a seed every method of a
+/// grid trains on the same batches in the same order, so these compare methods pairwise even
+/// where the benchmarks, at a small budget, cannot tell them apart.
+///
+/// ```
+/// use idlora_reproduce::results::TrainLoss;
+/// use idlora_train::StepMetrics;
+///
+/// let step = |step, loss| StepMetrics {
+///     step, total_steps: 4, loss, lr: 1e-4, grad_norm: 1.0, tokens: 8, tokens_per_s: 1.0, elapsed_s: 0.0,
+/// };
+/// let steps = [step(1, 2.0), step(2, 1.8), step(3, 1.5), step(4, 1.2)];
+/// let t = TrainLoss::from_steps(&steps).unwrap();
+/// assert_eq!((t.steps, t.first, t.last), (4, 2.0, 1.2));
+/// assert!((t.drop() - 0.8).abs() < 1e-12);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainLoss {
+    /// Steps logged.
+    pub steps: usize,
+    /// Mean loss over the first quarter of the steps.
+    pub first: f64,
+    /// Mean loss over the last quarter of the steps.
+    pub last: f64,
+}
+
+impl TrainLoss {
+    /// From a run's logged steps (`idlora_train::trainer::read_steps`); `None` for none.
+    pub fn from_steps(steps: &[idlora_train::StepMetrics]) -> Option<Self> {
+        if steps.is_empty() {
+            return None;
+        }
+        let quarter = (steps.len() / 4).max(1);
+        let mean = |s: &[idlora_train::StepMetrics]| s.iter().map(|m| m.loss).sum::<f64>() / s.len() as f64;
+        Some(TrainLoss {
+            steps: steps.len(),
+            first: mean(&steps[..quarter]),
+            last: mean(&steps[steps.len() - quarter..]),
+        })
+    }
+
+    /// `first - last`: positive when training lowered the loss.
+    pub fn drop(&self) -> f64 {
+        self.first - self.last
+    }
 }
 
 impl CellRecord {
@@ -66,6 +117,7 @@ impl CellRecord {
             seconds: 0.0,
             paper: cell.paper.map(|p| (p.params.to_string(), p.scores.to_vec())),
             router_spread: None,
+            train_loss: None,
         }
     }
 
@@ -300,6 +352,32 @@ fn markdown(setup: &Setup, rows: &[RowSummary], records: &[CellRecord]) -> Strin
                 r.router_spread.unwrap_or(0.0),
                 id = r.id
             );
+        }
+        s.push('\n');
+    }
+    let trained: Vec<&CellRecord> = records.iter().filter(|r| r.train_loss.is_some()).collect();
+    if !trained.is_empty() {
+        s.push_str(
+            "## Training loss\n\nMean loss per response token over the first and the last quarter \
+             of each cell's steps (`<cell>/train/metrics.jsonl`). Within a seed every method trains \
+             on the same batches in the same order: compare rows of one seed.\n\n\
+             | Method | domain | seed | steps | first quarter | last quarter | drop |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        for r in trained {
+            if let Some(t) = &r.train_loss {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} |",
+                    r.row,
+                    r.domain,
+                    r.seed,
+                    t.steps,
+                    t.first,
+                    t.last,
+                    t.drop()
+                );
+            }
         }
         s.push('\n');
     }

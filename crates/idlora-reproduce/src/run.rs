@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use crate::error::{ReproduceError, Result};
 use crate::experiment::{Cell, Domain, Experiment, ModelName, Scale, cells};
-use crate::results::{self, CellRecord};
+use crate::results::{self, CellRecord, TrainLoss};
 
 /// Where the paper-scale models and data are (a TOML file, `--paths`). At small scale the
 /// packaged model and stand-in data are used unless it names others (`models."smollm2"`,
@@ -493,10 +493,18 @@ fn on_disk(cell: &Cell, setup: &Setup, reason: &str) -> CellRecord {
             let mut r = CellRecord::done(cell, report, false, false, 0.0);
             r.router_spread =
                 RouterReport::load(&dir.join("router").join("router.json")).ok().map(|r| r.task_spread());
+            r.train_loss = train_loss(&dir.join("train"));
             r
         }
         None => CellRecord::skipped(cell, reason),
     }
+}
+
+/// The loss a cell's training logged; `None` where it has logged nothing readable (a cell trained
+/// before metrics were logged, or a damaged file: the table then leaves the cell out of its
+/// training-loss section rather than failing the grid).
+fn train_loss(run: &Path) -> Option<TrainLoss> {
+    idlora_train::trainer::read_steps(run).ok().and_then(|steps| TrainLoss::from_steps(&steps))
 }
 
 /// Texts per task and tokens per text of a cell's router analysis.
@@ -617,6 +625,7 @@ pub fn reproduce(setup: &Setup, observer: &dyn GridObserver) -> Result<GridOutco
         let mut record =
             CellRecord::done(cell, report, trained_now, evaluated_now, t.elapsed().as_secs_f64());
         record.router_spread = spread;
+        record.train_loss = train_loss(Path::new(&cfg.train.output_dir));
         records.push(record);
         observer.cell_finished(i, total, &records[i]);
         // The running table: the cells still to come show what they have on disk from earlier

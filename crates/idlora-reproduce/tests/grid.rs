@@ -223,6 +223,19 @@ fn every_small_grid_runs_with_the_papers_rows_and_columns_and_reruns_skip() {
             }
         }
         assert_eq!(md.contains("## Router analysis"), !router_files.is_empty(), "{experiment:?}");
+        // Every trained cell lists how far training moved its loss, from its metrics.jsonl.
+        for record in outcome.cells.iter().filter(|r| r.is_done()) {
+            let steps = idlora_train::trainer::read_steps(&setup.out.join(&record.id).join("train"))
+                .expect("metrics");
+            let t = record.train_loss.as_ref().unwrap_or_else(|| panic!("{}: no training loss", record.id));
+            assert_eq!(t.steps, steps.len(), "{}", record.id);
+            let q = (steps.len() / 4).max(1);
+            let mean =
+                |s: &[idlora_train::StepMetrics]| s.iter().map(|m| m.loss).sum::<f64>() / s.len() as f64;
+            assert!((t.first - mean(&steps[..q])).abs() < 1e-12, "{}", record.id);
+            assert!((t.last - mean(&steps[steps.len() - q..])).abs() < 1e-12, "{}", record.id);
+        }
+        assert!(md.contains("## Training loss"), "{experiment:?}:\n{md}");
         assert_eq!(router_files.is_empty(), experiment == Experiment::Table1, "{experiment:?}");
         if experiment == Experiment::Table7 {
             let svg = std::fs::read_to_string(setup.out.join("figure4.svg")).expect("figure4.svg");

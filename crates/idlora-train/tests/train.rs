@@ -133,13 +133,13 @@ impl Observer for Capture {
     }
 }
 
-fn losses_in(metrics: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(metrics)
-        .expect("metrics")
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
-        .filter_map(|v| Some((v.get("step")?.as_u64()?, v.get("loss")?.as_f64()?)))
-        .collect()
+/// (step, loss) of every training step a run logged, through `read_steps`, which must list each
+/// step once and in order (a resumed run too).
+fn losses_in(run: &Path) -> Vec<(usize, f64)> {
+    let steps = idlora_train::trainer::read_steps(run).expect("metrics.jsonl");
+    let numbers: Vec<usize> = steps.iter().map(|s| s.step).collect();
+    assert_eq!(numbers, (1..=steps.len()).collect::<Vec<_>>(), "steps out of order or repeated");
+    steps.iter().map(|s| (s.step, s.loss)).collect()
 }
 
 #[test]
@@ -214,8 +214,8 @@ fn a_killed_run_resumes_exactly() {
     let resume = TrainOptions { resume: true, ..Default::default() };
     let rest = train(&cfg, model(), &fx.tokenizer(), &resume, &Capture::default()).expect("resumed");
     assert_eq!(rest.outcome, Outcome::Finished);
-    let a = losses_in(&whole.run_dir.join("metrics.jsonl"));
-    let b = losses_in(&rest.run_dir.join("metrics.jsonl"));
+    let a = losses_in(&whole.run_dir);
+    let b = losses_in(&rest.run_dir);
     assert_eq!(a.len(), 9);
     assert_eq!(a, b, "loss curves differ");
     let ta = read_tensors(&whole.run_dir.join("checkpoints/step-0000009/trainable.safetensors")).expect("a");

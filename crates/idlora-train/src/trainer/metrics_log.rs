@@ -5,7 +5,34 @@ use std::path::{Path, PathBuf};
 
 use idlora_data::write_atomic;
 
-use crate::error::{Result, io};
+use super::StepMetrics;
+use crate::error::{Result, TrainError, io};
+
+/// The training steps a run logged in `<run>/metrics.jsonl`, in the order they ran (the
+/// validation lines left out). A resumed run's file holds each step once: resuming truncates what
+/// the interrupted run logged after its last checkpoint.
+///
+/// ```no_run
+/// let steps = idlora_train::trainer::read_steps(std::path::Path::new("runs/demo")).unwrap();
+/// let last = steps.last().map(|s| s.loss);
+/// ```
+pub fn read_steps(run: &Path) -> Result<Vec<StepMetrics>> {
+    let path = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let bad = |line: usize, message: String| TrainError::Data {
+        path: path.clone(),
+        message: format!("line {line}: {message}"),
+    };
+    let mut steps = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(i + 1, e.to_string()))?;
+        if value.get("val_loss").is_some() {
+            continue;
+        }
+        steps.push(serde_json::from_value(value).map_err(|e| bad(i + 1, e.to_string()))?);
+    }
+    Ok(steps)
+}
 
 /// The run's metrics file.
 pub(super) struct MetricsLog {

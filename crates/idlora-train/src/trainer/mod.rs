@@ -36,6 +36,7 @@ mod prepare;
 mod run_folder;
 mod session;
 
+pub use metrics_log::read_steps;
 use prepare::{Examples, attach_adapters, report_data};
 use run_folder::RunFolder;
 use session::Session;
