@@ -3,6 +3,7 @@
 //! `cargo test -p idlora-train --features wgpu --test wgpu`. Without any wgpu adapter the test
 //! fails when `IDLORA_REQUIRE_WGPU=1` (CI sets it) and is skipped with a message otherwise.
 #![cfg(feature = "wgpu")]
+#![allow(clippy::unwrap_used)]
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
