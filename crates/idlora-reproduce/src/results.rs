@@ -44,10 +44,8 @@ pub struct CellRecord {
     pub paper: Option<(String, Vec<Option<f64>>)>,
     /// Task spread of the router analysis (`idlora_eval::router`), for routed methods in
     /// multi-task cells: 0 when every task is routed alike.
-    #[serde(default)]
     pub router_spread: Option<f64>,
     /// How far training moved the loss (`None` until the cell has trained).
-    #[serde(default)]
     pub train_loss: Option<TrainLoss>,
 }
 
@@ -61,12 +59,19 @@ pub struct CellRecord {
 /// use idlora_train::StepMetrics;
 ///
 /// let step = |step, loss| StepMetrics {
-///     step, total_steps: 4, loss, lr: 1e-4, grad_norm: 1.0, tokens: 8, tokens_per_s: 1.0, elapsed_s: 0.0,
+///     step, total_steps: 8, loss, lr: 1e-4, grad_norm: 1.0, tokens: 8, tokens_per_s: 1.0, elapsed_s: 0.0,
 /// };
-/// let steps = [step(1, 2.0), step(2, 1.8), step(3, 1.5), step(4, 1.2)];
+/// // Eight steps: quarters of two, (2.0 + 1.8) / 2 and (1.2 + 1.0) / 2.
+/// let losses = [2.0, 1.8, 1.7, 1.5, 1.4, 1.3, 1.2, 1.0];
+/// let steps: Vec<_> = losses.iter().enumerate().map(|(i, &l)| step(i + 1, l)).collect();
 /// let t = TrainLoss::from_steps(&steps).unwrap();
-/// assert_eq!((t.steps, t.first, t.last), (4, 2.0, 1.2));
+/// assert_eq!(t.steps, 8);
+/// assert!((t.first - 1.9).abs() < 1e-12 && (t.last - 1.1).abs() < 1e-12);
 /// assert!((t.drop() - 0.8).abs() < 1e-12);
+/// // Fewer than four steps: one step each.
+/// let t = TrainLoss::from_steps(&steps[..3]).unwrap();
+/// assert_eq!((t.first, t.last), (2.0, 1.7));
+/// assert_eq!(TrainLoss::from_steps(&[]), None);
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrainLoss {
@@ -355,7 +360,8 @@ fn markdown(setup: &Setup, rows: &[RowSummary], records: &[CellRecord]) -> Strin
         }
         s.push('\n');
     }
-    let trained: Vec<&CellRecord> = records.iter().filter(|r| r.train_loss.is_some()).collect();
+    let trained: Vec<(&CellRecord, &TrainLoss)> =
+        records.iter().filter_map(|r| r.train_loss.as_ref().map(|t| (r, t))).collect();
     if !trained.is_empty() {
         s.push_str(
             "## Training loss\n\nMean loss per response token over the first and the last quarter \
@@ -364,20 +370,18 @@ fn markdown(setup: &Setup, rows: &[RowSummary], records: &[CellRecord]) -> Strin
              | Method | domain | seed | steps | first quarter | last quarter | drop |\n\
              |---|---|---|---|---|---|---|\n",
         );
-        for r in trained {
-            if let Some(t) = &r.train_loss {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} |",
-                    r.row,
-                    r.domain,
-                    r.seed,
-                    t.steps,
-                    t.first,
-                    t.last,
-                    t.drop()
-                );
-            }
+        for (r, t) in trained {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} |",
+                r.row,
+                r.domain,
+                r.seed,
+                t.steps,
+                t.first,
+                t.last,
+                t.drop()
+            );
         }
         s.push('\n');
     }

@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use idlora_models::export::{ExportOptions, export_hf};
 use idlora_models::{ModelConfig, Tokenizer};
 use idlora_reproduce::experiment::{Cell, Experiment, Scale, cells};
-use idlora_reproduce::results::CellRecord;
+use idlora_reproduce::results::{CellRecord, TrainLoss};
 use idlora_reproduce::{GridObserver, Paths, Setup, reproduce};
 use idlora_train::Observer;
 use serde_json::json;
@@ -227,13 +227,10 @@ fn every_small_grid_runs_with_the_papers_rows_and_columns_and_reruns_skip() {
         for record in outcome.cells.iter().filter(|r| r.is_done()) {
             let steps = idlora_train::trainer::read_steps(&setup.out.join(&record.id).join("train"))
                 .expect("metrics");
-            let t = record.train_loss.as_ref().unwrap_or_else(|| panic!("{}: no training loss", record.id));
-            assert_eq!(t.steps, steps.len(), "{}", record.id);
-            let q = (steps.len() / 4).max(1);
-            let mean =
-                |s: &[idlora_train::StepMetrics]| s.iter().map(|m| m.loss).sum::<f64>() / s.len() as f64;
-            assert!((t.first - mean(&steps[..q])).abs() < 1e-12, "{}", record.id);
-            assert!((t.last - mean(&steps[steps.len() - q..])).abs() < 1e-12, "{}", record.id);
+            // The figures themselves are TrainLoss's (its doc test checks them by hand): here,
+            // that each record carries its own cell's.
+            assert!(!steps.is_empty(), "{}: no steps logged", record.id);
+            assert_eq!(record.train_loss, TrainLoss::from_steps(&steps), "{}", record.id);
         }
         assert!(md.contains("## Training loss"), "{experiment:?}:\n{md}");
         assert_eq!(router_files.is_empty(), experiment == Experiment::Table1, "{experiment:?}");

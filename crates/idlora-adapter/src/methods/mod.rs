@@ -107,6 +107,7 @@ pub(crate) fn base_weight_f32(base: &Linear) -> Tensor<2> {
 
 /// PEFT's (and `nn.Linear`'s) initialiser for `A` and for routers: Kaiming-uniform with
 /// `a = sqrt(5)`, i.e. `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.
+///
 /// Drawn here and now, by `device`'s generator. Not left as burn's lazy parameter
 /// (`Initializer::init_with` defers the draw to the first use): a lazy parameter that is forked
 /// or moved to another device before its first use is drawn *there*, by that device's generator,
