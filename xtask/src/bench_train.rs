@@ -21,7 +21,9 @@ use idlora_models::layout::Target;
 use idlora_models::load::load_as;
 use idlora_models::{CausalLm, Precision};
 use idlora_train::batch::collate;
-use idlora_train::loss::nll_sum;
+use idlora_train::config::GradientCheckpointing;
+use idlora_train::loss::seeded_nll_sum;
+use idlora_train::recompute::recomputed_grads;
 use idlora_train::template::Example;
 use rand::{RngExt, SeedableRng};
 
@@ -52,9 +54,10 @@ pub struct TrainBenchArgs {
     /// Precision of the frozen base: f32, bf16 or f16 (`--precisions` runs several side by side).
     #[arg(long, default_value = "f32")]
     precision: Precision,
-    /// Gradient checkpointing (burn's Balanced strategy).
-    #[arg(long)]
-    checkpointing: bool,
+    /// Gradient checkpointing: `off`, `layers` (recompute each decoder layer in the backward)
+    /// or `operations` (burn's Balanced strategy).
+    #[arg(long, default_value = "off")]
+    checkpointing: GradientCheckpointing,
     /// The memory table instead: every configuration at f32, bf16 and bf16 + checkpointing, one
     /// process each (peak resident memory is per process), no PyTorch.
     #[arg(long)]
@@ -76,7 +79,11 @@ pub(crate) fn token_ids(batch: usize, seq: usize, vocab: usize) -> Vec<u32> {
 fn run_one(name: &str, args: &TrainBenchArgs) -> Result<()> {
     let gguf = idlora_assets::fetch(&idlora_assets::SMOLLM2_135M_INSTRUCT_GGUF, &paths::cache_dir())?;
     let device = burn::tensor::Device::flex().autodiff();
-    let device = if args.checkpointing { device.gradient_checkpointing() } else { device };
+    let device = if args.checkpointing == GradientCheckpointing::Operations {
+        device.gradient_checkpointing()
+    } else {
+        device
+    };
     device.seed(0);
     let model = load_as(&gguf, &device, args.precision)?;
     let base_params = model.num_params();
@@ -86,7 +93,7 @@ fn run_one(name: &str, args: &TrainBenchArgs) -> Result<()> {
     let bases = BasesSource::Cluster(PmrcConfig { n_init: 1, ..PmrcConfig::default() }, &progress);
     let model =
         model.apply_adapters(&method, &targets, (method.kind == MethodKind::IdLora).then_some(bases))?;
-    let (step_s, loss) = timed_steps(model, args.batch, args.seq, args.steps)?;
+    let (step_s, loss) = timed_steps(model, args.batch, args.seq, args.steps, args.checkpointing)?;
     println!(
         "{}",
         serde_json::json!({"step_s": step_s, "peak_rss_mb": peak_rss_mb(), "loss": loss, "base_params": base_params})
@@ -122,7 +129,15 @@ pub(crate) fn method_rank(name: &str) -> Result<(MethodKind, usize)> {
 
 /// One warm-up and `steps` timed training steps (forward, backward, AdamW) of `model` on one
 /// batch of `batch x seq` tokens from [`token_ids`]: the median step seconds and the last loss.
-pub(crate) fn timed_steps(mut model: CausalLm, batch: usize, seq: usize, steps: usize) -> Result<(f64, f64)> {
+/// Dropout is seeded per layer as in training, so every checkpointing choice computes the same
+/// losses.
+pub(crate) fn timed_steps(
+    mut model: CausalLm,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    checkpointing: GradientCheckpointing,
+) -> Result<(f64, f64)> {
     let device = model.device();
     let ids = token_ids(batch, seq, model.config.vocab_size);
     let examples: Vec<Example> =
@@ -134,16 +149,22 @@ pub(crate) fn timed_steps(mut model: CausalLm, batch: usize, seq: usize, steps: 
     let mut loss = f64::NAN;
     for _ in 0..=steps {
         let t = Instant::now();
-        let nll = nll_sum(&model, &batch)?;
-        let mean = nll.div_scalar(batch.target_count() as f64);
-        loss = mean
-            .clone()
-            .detach()
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as f64;
-        let grads = GradientsParams::from_grads(mean.backward(), &model);
+        let targets = batch.target_count() as f64;
+        let grads = if checkpointing == GradientCheckpointing::Layers {
+            let (grads, nll) = recomputed_grads(&model, &batch, 0, targets)?;
+            loss = nll / targets;
+            grads
+        } else {
+            let mean = seeded_nll_sum(&model, &batch, 0)?.div_scalar(targets);
+            loss = mean
+                .clone()
+                .detach()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as f64;
+            GradientsParams::from_grads(mean.backward(), &model)
+        };
         model = optim.step(1e-4, model, grads);
         device.sync().map_err(|e| anyhow::anyhow!("synchronising the device: {e:?}"))?;
         times.push(t.elapsed().as_secs_f64());
@@ -156,7 +177,7 @@ fn child(
     args: &TrainBenchArgs,
     name: &str,
     precision: Precision,
-    checkpointing: bool,
+    checkpointing: GradientCheckpointing,
 ) -> Result<std::process::Output> {
     child_with(name, precision, checkpointing, args.steps, args.batch, args.seq)
 }
@@ -165,7 +186,7 @@ fn child(
 pub(crate) fn child_with(
     name: &str,
     precision: Precision,
-    checkpointing: bool,
+    checkpointing: GradientCheckpointing,
     steps: usize,
     batch: usize,
     seq: usize,
@@ -175,9 +196,7 @@ pub(crate) fn child_with(
     cmd.args(["bench", "train", "--one", name, "--precision", &precision.to_string()]);
     cmd.args(["--steps", &steps.to_string(), "--batch", &batch.to_string()]);
     cmd.args(["--seq", &seq.to_string()]);
-    if checkpointing {
-        cmd.arg("--checkpointing");
-    }
+    cmd.args(["--checkpointing", &checkpointing.to_string()]);
     cmd.output().with_context(|| format!("running {name} ({precision})"))
 }
 
@@ -191,9 +210,9 @@ pub(crate) fn parse_peak(out: &std::process::Output, what: &str) -> Result<f64> 
 fn run_memory(args: &TrainBenchArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let variants = [
-        ("f32 base", Precision::F32, false),
-        ("bf16 base", Precision::Bf16, false),
-        ("bf16 base + checkpointing", Precision::Bf16, true),
+        ("f32 base", Precision::F32, GradientCheckpointing::Off),
+        ("bf16 base", Precision::Bf16, GradientCheckpointing::Off),
+        ("bf16 base + layer checkpointing", Precision::Bf16, GradientCheckpointing::Layers),
     ];
     let mut md = format!(
         "SmolLM2-135M-Instruct, CPU (burn flex), {threads} threads, batch {} x {} tokens, forward + \

@@ -18,6 +18,7 @@ use idlora_cluster::PmrcConfig;
 use idlora_models::adapters::BasesSource;
 use idlora_models::layout::Target;
 use idlora_models::{CausalLm, DeviceChoice, ForwardInput, ModelConfig, Precision, pick};
+use idlora_train::config::GradientCheckpointing;
 use serde::Serialize;
 
 use crate::bench_train::{timed_steps, token_ids};
@@ -131,7 +132,7 @@ fn training(args: &GpuCheckArgs, device: &Device) -> Result<Vec<TrainRow>> {
             let bases = BasesSource::Cluster(PmrcConfig { n_init: 1, ..PmrcConfig::default() }, &progress);
             let model =
                 model.apply_adapters(&method, &targets, (kind == MethodKind::IdLora).then_some(bases))?;
-            let (step_s, loss) = timed_steps(model, batch, seq, args.steps)?;
+            let (step_s, loss) = timed_steps(model, batch, seq, args.steps, GradientCheckpointing::Off)?;
             let tokens_per_s = (batch * seq) as f64 / step_s;
             rows.push(TrainRow {
                 config: name.into(),
@@ -167,7 +168,7 @@ fn stack(args: &GpuCheckArgs, device: &Device) -> Result<StackRow> {
     let model = idlora_models::load::random(config(json)?, 3, &device.clone().autodiff())?
         .with_base_precision(Precision::Bf16)?
         .apply_adapters(&MethodConfig::new(MethodKind::Lora, 8), &Target::ALL, None)?;
-    let (step_s, _) = timed_steps(model, 1, seq, args.steps)?;
+    let (step_s, _) = timed_steps(model, 1, seq, args.steps, GradientCheckpointing::Off)?;
     Ok(StackRow { shape: shape.into(), step_s, tokens_per_s: seq as f64 / step_s })
 }
 

@@ -326,10 +326,10 @@ pub struct RunSection {
     /// Data parallelism: further devices (`["cuda:1", "cuda:2"]`) that each take a share of every
     /// step's micro-batches; gradients are summed on `device`.
     pub extra_devices: Vec<DeviceChoice>,
-    /// Gradient checkpointing (burn's `Balanced` strategy): activations of memory-bound
-    /// operations are recomputed in the backward pass instead of kept, for less peak memory at
-    /// the cost of some compute. The gradients are the same.
-    pub gradient_checkpointing: bool,
+    /// Gradient checkpointing: `false`; `true` (or `"layers"`), each decoder layer run again in
+    /// the backward pass from its kept input ([`crate::recompute`]); or `"operations"`, burn's
+    /// `Balanced` strategy. The gradients are the same either way.
+    pub gradient_checkpointing: GradientCheckpointing,
     /// Validation loss every this many steps (0: only before and after).
     pub eval_interval: usize,
     /// Checkpoint every this many steps (0: only at the end and on Ctrl-C).
@@ -351,11 +351,97 @@ impl Default for RunSection {
             precision: Precision::F32,
             device: DeviceChoice::Auto,
             extra_devices: Vec::new(),
-            gradient_checkpointing: false,
+            gradient_checkpointing: GradientCheckpointing::Off,
             eval_interval: 0,
             checkpoint_interval: 100,
             keep_checkpoints: 2,
             output_dir: "runs/train/run".into(),
+        }
+    }
+}
+
+/// `train.gradient_checkpointing`: what the backward pass recomputes instead of keeping from
+/// the forward pass. In TOML `false`, `true`, `"off"`, `"layers"` or `"operations"`.
+///
+/// ```
+/// use idlora_train::config::GradientCheckpointing;
+///
+/// assert_eq!("true".parse::<GradientCheckpointing>()?, GradientCheckpointing::Layers);
+/// assert_eq!("operations".parse::<GradientCheckpointing>()?, GradientCheckpointing::Operations);
+/// assert!("yes".parse::<GradientCheckpointing>().is_err());
+/// # Ok::<(), String>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CheckpointingRepr", into = "CheckpointingRepr")]
+pub enum GradientCheckpointing {
+    /// Keep every activation the backward needs (fastest, most memory).
+    #[default]
+    Off,
+    /// Keep each decoder layer's input only and run the layer again in the backward pass
+    /// ([`crate::recompute`]): the transformer-style scheme, which cuts the activations to
+    /// about one layer's worth for one more forward pass of compute.
+    Layers,
+    /// burn's `Balanced` strategy: element-wise operations recomputed from inputs kept inside
+    /// one graph. Measured on the CPU it raises the peak (docs/bench-train.md).
+    Operations,
+}
+
+impl GradientCheckpointing {
+    /// Whether anything is recomputed.
+    pub fn is_on(self) -> bool {
+        self != GradientCheckpointing::Off
+    }
+}
+
+impl std::fmt::Display for GradientCheckpointing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GradientCheckpointing::Off => "off",
+            GradientCheckpointing::Layers => "layers",
+            GradientCheckpointing::Operations => "operations",
+        })
+    }
+}
+
+impl std::str::FromStr for GradientCheckpointing {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "false" | "off" => Ok(GradientCheckpointing::Off),
+            "true" | "layers" => Ok(GradientCheckpointing::Layers),
+            "operations" => Ok(GradientCheckpointing::Operations),
+            other => Err(format!(
+                "unknown gradient checkpointing `{other}` (false, true, \"layers\" or \"operations\")"
+            )),
+        }
+    }
+}
+
+/// How [`GradientCheckpointing`] reads and writes in TOML: a boolean, or a name.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum CheckpointingRepr {
+    Flag(bool),
+    Name(String),
+}
+
+impl TryFrom<CheckpointingRepr> for GradientCheckpointing {
+    type Error = String;
+    fn try_from(r: CheckpointingRepr) -> std::result::Result<Self, String> {
+        match r {
+            CheckpointingRepr::Flag(false) => Ok(GradientCheckpointing::Off),
+            CheckpointingRepr::Flag(true) => Ok(GradientCheckpointing::Layers),
+            CheckpointingRepr::Name(name) => name.parse(),
+        }
+    }
+}
+
+impl From<GradientCheckpointing> for CheckpointingRepr {
+    fn from(g: GradientCheckpointing) -> Self {
+        match g {
+            GradientCheckpointing::Off => CheckpointingRepr::Flag(false),
+            GradientCheckpointing::Layers => CheckpointingRepr::Flag(true),
+            GradientCheckpointing::Operations => CheckpointingRepr::Name("operations".into()),
         }
     }
 }

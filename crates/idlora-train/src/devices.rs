@@ -7,7 +7,7 @@
 use burn::tensor::{Device, GradientCheckpointingStrategy};
 use idlora_models::pick;
 
-use crate::config::TrainConfig;
+use crate::config::{GradientCheckpointing, TrainConfig};
 use crate::error::{Result, config_err};
 
 /// The main device (autodiff) and the data-parallel replicas, with descriptions for the user.
@@ -54,30 +54,36 @@ pub fn pick_devices(cfg: &TrainConfig) -> Result<TrainDevices> {
     })
 }
 
-/// `device` with autodiff, and gradient checkpointing where `train.gradient_checkpointing` asks
-/// for it. The model must be loaded on this device: burn refuses to mix tensors of two strategies.
+/// `device` with autodiff, and burn's `Balanced` checkpointing strategy where
+/// `train.gradient_checkpointing = "operations"` asks for it (layer recomputation, `true`, needs
+/// nothing of the device). The model must be loaded on this device: burn refuses to mix tensors
+/// of two strategies.
 pub fn training_device(cfg: &TrainConfig, device: Device) -> Device {
     let device = device.autodiff();
-    if cfg.train.gradient_checkpointing { device.gradient_checkpointing() } else { device }
+    if cfg.train.gradient_checkpointing == GradientCheckpointing::Operations {
+        device.gradient_checkpointing()
+    } else {
+        device
+    }
 }
 
-/// Checks that a model on `device` can train as `cfg` says: autodiff, and the gradient
-/// checkpointing strategy that `train.gradient_checkpointing` asks for (what [`training_device`]
-/// gives).
+/// Checks that a model on `device` can train as `cfg` says: autodiff, and the burn
+/// checkpointing strategy that `train.gradient_checkpointing` asks for (what
+/// [`training_device`] gives).
 pub fn check_training_device(cfg: &TrainConfig, device: &Device) -> Result<()> {
     if !device.is_autodiff() {
         return Err(config_err("train.device", "training needs an autodiff device (Device::autodiff())"));
     }
-    let checkpointing =
-        device.gradient_checkpointing_strategy() == Some(GradientCheckpointingStrategy::Balanced);
-    if cfg.train.gradient_checkpointing != checkpointing {
+    let balanced = device.gradient_checkpointing_strategy() == Some(GradientCheckpointingStrategy::Balanced);
+    let wants = cfg.train.gradient_checkpointing == GradientCheckpointing::Operations;
+    if wants != balanced {
         return Err(config_err(
             "train.gradient_checkpointing",
             format!(
-                "is {} but the model's device has checkpointing {}: load the model on \
+                "is {} but the model's device has burn's Balanced strategy {}: load the model on \
                  `devices::training_device(cfg, device)` (what `devices::pick_devices` gives)",
                 cfg.train.gradient_checkpointing,
-                if checkpointing { "on" } else { "off" }
+                if balanced { "on" } else { "off" }
             ),
         ));
     }

@@ -27,6 +27,7 @@ pub mod loss;
 pub mod mixture;
 pub mod plan;
 pub mod plot;
+pub mod recompute;
 pub mod schedule;
 pub mod template;
 pub mod trainer;

@@ -22,12 +22,16 @@
 //! The peak is where the backward starts: weights, trainable parameters and AdamW's moments,
 //! all activations and the head's tensors at once. Gradients are written as the backward frees
 //! the activations, so they count only where they outgrow them: the peak is `weights + params +
-//! moments + runtime + max(activations + head, gradients)`. The numbers are validated against
-//! measured peaks on the CPU in `docs/memory-plan.md` (`cargo xtask plan --validate`).
+//! moments + runtime + max(activations + head, gradients)`. With gradient checkpointing by layer
+//! recomputation ([`crate::recompute`]) the activations are each layer's input only, and the
+//! backward holds either the head's tensors or one recomputed layer's ([`MemoryPlan::layer`]),
+//! never both: `max(activations + max(head, layer), gradients)`. The numbers are validated
+//! against measured peaks on the CPU in `docs/memory-plan.md` (`cargo xtask plan --validate`).
 //!
 //! ```
 //! use idlora_adapter::{MethodConfig, MethodKind};
 //! use idlora_models::{ModelConfig, Precision, Target};
+//! use idlora_train::config::GradientCheckpointing;
 //! use idlora_train::plan::{Backend, PlanSettings, plan};
 //!
 //! let json = r#"{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -39,7 +43,7 @@
 //!     precision: Precision::Bf16,
 //!     micro_batch: 2,
 //!     seq: 16,
-//!     gradient_checkpointing: false,
+//!     gradient_checkpointing: GradientCheckpointing::Off,
 //!     devices: 1,
 //!     backend: Backend::Gpu,
 //! };
@@ -53,6 +57,7 @@ use idlora_adapter::{DropoutSite, MethodConfig, MethodKind};
 use idlora_models::{ModelConfig, Precision, Target};
 use serde::Serialize;
 
+use crate::config::GradientCheckpointing;
 use crate::error::{Result, config_err};
 
 /// Which kind of backend the step runs on: it decides which fused kernels exist and how
@@ -116,8 +121,9 @@ pub struct PlanSettings {
     pub micro_batch: usize,
     /// Tokens per sequence.
     pub seq: usize,
-    /// `train.gradient_checkpointing` (burn's Balanced strategy; see [`MemoryPlan::notes`]).
-    pub gradient_checkpointing: bool,
+    /// `train.gradient_checkpointing`: layer recomputation is modelled; burn's `Balanced`
+    /// strategy is not (see [`MemoryPlan::notes`]).
+    pub gradient_checkpointing: GradientCheckpointing,
     /// Devices sharing the batch (each holds a replica of the model).
     pub devices: usize,
     /// The backend kind.
@@ -135,8 +141,13 @@ pub struct MemoryPlan {
     pub gradients: u64,
     /// AdamW's first and second moments (f32).
     pub optimizer: u64,
-    /// Tensors kept for the backward pass over all decoder layers.
+    /// Tensors kept for the backward pass over all decoder layers: every layer's activations,
+    /// or with layer recomputation only every layer's input.
     pub activations: u64,
+    /// With layer recomputation, what one layer holds while it runs again in the backward pass
+    /// (its activations, the gradient at its output and the product with it); the head's
+    /// backward and a layer's never overlap. 0 without.
+    pub layer: u64,
     /// What the head's backward holds at the peak (logits, their gradient, transients).
     pub head: u64,
     /// Process or GPU context allowance.
@@ -148,14 +159,15 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// The predicted peak, in bytes: the backward's start, or its end where the gradients
-    /// outgrow the activations they replace.
+    /// The predicted peak, in bytes: the backward's start (with layer recomputation, its head
+    /// segment or a layer's, whichever is larger), or its end where the gradients outgrow the
+    /// activations they replace.
     pub fn total(&self) -> u64 {
         self.weights
             + self.adapter_params
             + self.optimizer
             + self.runtime
-            + (self.activations + self.head).max(self.gradients)
+            + (self.activations + self.head.max(self.layer)).max(self.gradients)
     }
 
     /// Whether the step fits in `device_bytes`, keeping 5% for fragmentation.
@@ -272,11 +284,20 @@ pub fn plan(config: &ModelConfig, settings: &PlanSettings) -> Result<MemoryPlan>
     let params = trainable as u64 * f;
 
     let per_layer = layer_saved_floats(config, settings) as u64;
-    // The final norm keeps its input and rms too.
-    let activations = (per_layer * config.num_layers as u64 + config.hidden_size as u64 + 1) * tokens * f;
+    let layers = config.num_layers as u64;
+    let d = config.hidden_size as u64;
+    let recompute = settings.gradient_checkpointing == GradientCheckpointing::Layers;
+    // The final norm keeps its input and rms too. With layer recomputation the forward keeps
+    // each layer's input and the top layer's output (the head's leaf) instead of the layers'
+    // activations, which exist for one layer at a time in the backward, beside the gradient at
+    // its output and that gradient times the output (the sum's operand).
+    let (activations, layer) = if recompute {
+        ((layers + 1) * d * tokens * f + (d + 1) * tokens * f, (per_layer + 2 * d) * tokens * f)
+    } else {
+        ((per_layer * layers + d + 1) * tokens * f, 0)
+    };
 
     let v = config.vocab_size as u64;
-    let d = config.hidden_size as u64;
     let logits = tokens * v * f;
     let half = settings.precision != Precision::F32;
     let mut head = match settings.backend {
@@ -293,11 +314,11 @@ pub fn plan(config: &ModelConfig, settings: &PlanSettings) -> Result<MemoryPlan>
         head += v * d * f;
     }
     let mut notes = Vec::new();
-    if settings.gradient_checkpointing {
+    if settings.gradient_checkpointing == GradientCheckpointing::Operations {
         notes.push(
-            "gradient checkpointing is burn's Balanced strategy, which recomputes element-wise \
-             operations but keeps their inputs: on the CPU it measured a higher peak than \
-             without (docs/bench-train.md); the plan counts the step without it"
+            "gradient checkpointing \"operations\" is burn's Balanced strategy, which recomputes \
+             element-wise operations but keeps their inputs: on the CPU it measured a higher peak \
+             than without (docs/bench-train.md); the plan counts the step without it"
                 .to_string(),
         );
     }
@@ -320,6 +341,7 @@ pub fn plan(config: &ModelConfig, settings: &PlanSettings) -> Result<MemoryPlan>
         gradients: params,
         optimizer: 2 * params,
         activations,
+        layer,
         head,
         runtime: settings.backend.runtime_bytes(),
         trainable,
@@ -345,7 +367,7 @@ mod tests {
             precision: Precision::F32,
             micro_batch: 1,
             seq: 3,
-            gradient_checkpointing: false,
+            gradient_checkpointing: GradientCheckpointing::Off,
             devices: 1,
             backend: Backend::Cpu,
         }
@@ -369,6 +391,31 @@ mod tests {
         assert_eq!(p.weights, (80 + 80 + 4 * 64 + 3 * 96 + 3 * 8) * 4);
         // Gradients (128) are smaller than the activations they replace: not in the peak.
         assert_eq!(p.total(), p.weights + 384 + p.activations + p.head + (64 << 20));
+    }
+
+    #[test]
+    fn layer_recomputation_keeps_layer_inputs_and_one_layer() {
+        let mut c = tiny();
+        c.num_layers = 4;
+        let mut s = settings(MethodConfig::new(MethodKind::Lora, 2).with_dropout(0.0), &[Target::Q]);
+        let off = plan(&c, &s).unwrap();
+        s.gradient_checkpointing = GradientCheckpointing::Layers;
+        let on = plan(&c, &s).unwrap();
+        // 3 tokens, 4 bytes: the inputs of 4 layers and the top output (8 each), the final
+        // norm's 9; one layer's 86 (lora_on_q_by_hand) with the gradient at its output and the
+        // product with it (8 each).
+        assert_eq!(on.activations, (5 * 8 + 9) * 3 * 4);
+        assert_eq!(on.layer, (86 + 16) * 3 * 4);
+        assert_eq!(off.activations, (4 * 86 + 9) * 3 * 4);
+        assert_eq!(off.layer, 0);
+        // The head (120 bytes) and one layer (1224) are never held together.
+        assert_eq!(on.total() + off.activations + off.head, off.total() + on.activations + on.layer);
+        assert!(on.total() < off.total());
+        // burn's Balanced strategy is not modelled: the plan is the step without it, with a note.
+        s.gradient_checkpointing = GradientCheckpointing::Operations;
+        let ops = plan(&c, &s).unwrap();
+        assert_eq!(ops.total(), off.total());
+        assert!(ops.notes.iter().any(|n| n.contains("Balanced")));
     }
 
     #[test]

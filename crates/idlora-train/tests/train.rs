@@ -224,46 +224,54 @@ fn a_killed_run_resumes_exactly() {
 }
 
 /// Gradient checkpointing recomputes activations in the backward pass instead of keeping them:
-/// the gradients, and so the whole run, must be the same as without it (up to the rounding of a
-/// recomputation, which is the same arithmetic: bit-identical in practice, 1e-6 asserted).
+/// the gradients, and so the whole run, must be the same as without it, for both schemes (layer
+/// recomputation and burn's Balanced strategy), with dropout on (each recomputed layer must draw
+/// the masks of its first pass) and for full fine-tuning (whose embedding is also the tied head).
+/// The recomputation is the same arithmetic grouped differently: 1e-6 asserted.
 #[test]
 fn gradient_checkpointing_trains_to_the_same_weights() {
     let _serial = serial();
     let fx = Fixture::new();
-    for method in ["idlora", "lora", "dora"] {
-        let extra = ["method.dropout=0.1", "train.max_steps=3"];
+    for method in ["idlora", "lora", "dora", "full"] {
+        let dropout = if method == "full" { "method.dropout=0.0" } else { "method.dropout=0.1" };
+        let extra = [dropout, "train.max_steps=3"];
         let plain = fx.config(method, &format!("{method}-plain"), &extra);
-        let with: Vec<&str> = extra.iter().copied().chain(["train.gradient_checkpointing=true"]).collect();
-        let ckpt = fx.config(method, &format!("{method}-ckpt"), &with);
-        let device = idlora_train::devices::training_device(&ckpt, Device::flex());
-        assert_eq!(
-            device.gradient_checkpointing_strategy(),
-            Some(burn::tensor::GradientCheckpointingStrategy::Balanced)
-        );
-        let on = |d: &Device| idlora_models::load::random_with_std(model_config(), 3, STD, d).expect("model");
         let a = train(&plain, model(), &fx.tokenizer(), &TrainOptions::default(), &Capture::default())
             .expect("without checkpointing");
-        let b = train(&ckpt, on(&device), &fx.tokenizer(), &TrainOptions::default(), &Capture::default())
-            .expect("with checkpointing");
         assert_eq!(a.losses.len(), 3);
-        for ((_, la), (_, lb)) in a.losses.iter().zip(&b.losses) {
-            assert!((la - lb).abs() <= 1e-6 * la.abs().max(1.0), "{method}: loss {la} vs {lb}");
+        for scheme in ["true", "\"operations\""] {
+            let set = format!("train.gradient_checkpointing={scheme}");
+            let with: Vec<&str> = extra.iter().copied().chain([set.as_str()]).collect();
+            let ckpt = fx.config(method, &format!("{method}-ckpt-{}", scheme.trim_matches('"')), &with);
+            let device = idlora_train::devices::training_device(&ckpt, Device::flex());
+            let balanced = device.gradient_checkpointing_strategy()
+                == Some(burn::tensor::GradientCheckpointingStrategy::Balanced);
+            assert_eq!(balanced, scheme != "true", "{scheme}");
+            let on = idlora_models::load::random_with_std(model_config(), 3, STD, &device).expect("model");
+            let b = train(&ckpt, on, &fx.tokenizer(), &TrainOptions::default(), &Capture::default())
+                .expect("with checkpointing");
+            for ((_, la), (_, lb)) in a.losses.iter().zip(&b.losses) {
+                assert!((la - lb).abs() <= 1e-6 * la.abs().max(1.0), "{method} {scheme}: loss {la} vs {lb}");
+            }
+            let last = "checkpoints/step-0000003/trainable.safetensors";
+            let ta = read_tensors(&a.run_dir.join(last)).expect("a");
+            let tb = read_tensors(&b.run_dir.join(last)).expect("b");
+            assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+            for (name, (_, va)) in &ta {
+                let vb = &tb[name].1;
+                let worst = va.iter().zip(vb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+                assert!(worst <= 1e-6, "{method} {scheme}: {name} differs by {worst}");
+            }
+            if balanced {
+                // A model on a device without burn's strategy is refused, naming the key.
+                let err =
+                    train(&ckpt, model(), &fx.tokenizer(), &TrainOptions::default(), &Capture::default())
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                assert!(err.contains("train.gradient_checkpointing"), "{err}");
+            }
         }
-        let last = "checkpoints/step-0000003/trainable.safetensors";
-        let ta = read_tensors(&a.run_dir.join(last)).expect("a");
-        let tb = read_tensors(&b.run_dir.join(last)).expect("b");
-        assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
-        for (name, (_, va)) in &ta {
-            let vb = &tb[name].1;
-            let worst = va.iter().zip(vb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-            assert!(worst <= 1e-6, "{method}: {name} differs by {worst}");
-        }
-        // A model on a device without checkpointing is refused, naming the key.
-        let err = train(&ckpt, model(), &fx.tokenizer(), &TrainOptions::default(), &Capture::default())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("train.gradient_checkpointing"), "{err}");
     }
 }
 

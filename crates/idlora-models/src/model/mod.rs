@@ -106,9 +106,29 @@ impl CausalLm {
         Ok(self.norm.forward(h))
     }
 
-    /// The checked input's embeddings `[batch, seq, hidden]` and what attention needs, for a
-    /// step after `past` cached positions.
-    fn embed(&self, input: &ForwardInput, past: usize) -> Result<(Tensor<3>, AttentionInputs)> {
+    /// The checked input's embeddings `[batch, seq, hidden]` (f32) and what attention needs, for
+    /// a step after `past` cached positions: the first piece of [`hidden`](Self::hidden), for
+    /// callers that run the decoder layers themselves (gradient checkpointing by layer
+    /// recomputation in `idlora-train`).
+    ///
+    /// ```
+    /// use burn::tensor::Device;
+    /// use idlora_models::{ForwardInput, ModelConfig, load};
+    ///
+    /// let json = r#"{"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+    ///     "num_attention_heads": 2, "vocab_size": 50}"#;
+    /// let model = load::random(ModelConfig::from_hf_json(json, "config.json")?, 7, &Device::flex())?;
+    /// let input = ForwardInput::single(&[1, 2, 3]);
+    /// let (mut h, inputs) = model.embed(&input, 0)?;
+    /// for (i, layer) in model.layers.iter().enumerate() {
+    ///     h = layer.forward(h, &inputs, i, None);
+    /// }
+    /// let by_pieces = model.norm.forward(h).into_data();
+    /// let whole = model.hidden(&input, None)?.into_data();
+    /// assert_eq!(by_pieces, whole);
+    /// # Ok::<(), idlora_models::ModelError>(())
+    /// ```
+    pub fn embed(&self, input: &ForwardInput, past: usize) -> Result<(Tensor<3>, AttentionInputs)> {
         let c = &self.config;
         let (b, s) = (input.batch, input.seq);
         if input.tokens.len() != b * s || s == 0 {

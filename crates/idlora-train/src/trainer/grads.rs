@@ -9,9 +9,11 @@ use idlora_models::CausalLm;
 use super::scalar;
 use crate::batch::Batch;
 use crate::error::{Result, TrainError};
-use crate::loss::nll_sum;
+use crate::loss::seeded_nll_sum;
+use crate::recompute::recomputed_grads;
 
-/// Derives the dropout seed of micro-batch `index`.
+/// Derives the dropout seed of micro-batch `index` (each layer's follows from it,
+/// [`crate::loss::layer_seed`]).
 fn micro_seed(seed: u64, index: usize) -> u64 {
     let mut z = seed ^ (index as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -20,13 +22,15 @@ fn micro_seed(seed: u64, index: usize) -> u64 {
 }
 
 /// One step's work: its micro-batches, each with its global index (which seeds its dropout), the
-/// run's seed, and the step's target count, by which every micro-batch's loss is divided so that
-/// the gradients sum to those of the step's mean.
+/// run's seed, the step's target count, by which every micro-batch's loss is divided so that
+/// the gradients sum to those of the step's mean, and whether the backward recomputes each
+/// layer ([`crate::recompute`]) instead of keeping its activations.
 #[derive(Clone, Copy)]
 pub(super) struct StepBatches<'a> {
     pub batches: &'a [(usize, Batch)],
     pub seed: u64,
     pub targets: usize,
+    pub recompute_layers: bool,
 }
 
 /// The step's gradients on the model's device, or spread over it and `replicas` when there are
@@ -51,15 +55,22 @@ fn micro_batch_grads(
     first: usize,
     stride: usize,
 ) -> Result<(GradientsParams, f64)> {
-    let device = model.device();
     let mut acc = GradientsAccumulator::<CausalLm>::new();
     let mut nll_total = 0.0;
+    let scale = step.targets.max(1) as f64;
     for (g, batch) in step.batches.iter().skip(first).step_by(stride) {
-        device.seed(micro_seed(step.seed, *g));
-        let nll = nll_sum(model, batch)?;
-        nll_total += scalar(nll.clone().detach(), "loss")?;
-        let grads = nll.div_scalar(step.targets.max(1) as f64).backward();
-        acc.accumulate(model, GradientsParams::from_grads(grads, model));
+        // Each layer's dropout is seeded from the micro-batch's seed, so that a recomputed layer
+        // draws the masks of its first pass.
+        let seed = micro_seed(step.seed, *g);
+        let (grads, nll) = if step.recompute_layers {
+            recomputed_grads(model, batch, seed, scale)?
+        } else {
+            let nll = seeded_nll_sum(model, batch, seed)?;
+            let value = scalar(nll.clone().detach(), "loss")?;
+            (GradientsParams::from_grads(nll.div_scalar(scale).backward(), model), value)
+        };
+        nll_total += nll;
+        acc.accumulate(model, grads);
     }
     Ok((acc.grads(), nll_total))
 }

@@ -17,15 +17,15 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use idlora_models::{CausalLm, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::collate;
 use crate::config::TrainConfig;
 use crate::devices::check_training_device;
-use crate::error::{Result, TrainError};
-use crate::loss::nll_sum;
+use crate::error::Result;
+use crate::loss::{nll_sum, scalar};
 use crate::mixture::Mixture;
 use crate::template::Example;
 
@@ -210,14 +210,4 @@ pub fn eval_loss(
         count += batch.target_count();
     }
     Ok(Some(nll / count.max(1) as f64))
-}
-
-/// The first value of a one-element tensor, read back to the host.
-fn scalar(t: Tensor<1>, name: &str) -> Result<f64> {
-    let v = t
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| TrainError::Tensor { name: name.into(), message: format!("{e:?}") })?;
-    Ok(v.first().copied().unwrap_or(f32::NAN) as f64)
 }

@@ -21,7 +21,7 @@ use crate::checkpoint::{
     CheckpointFiles, RunState, load_checkpoint, load_trainable, read_tensors, save_checkpoint,
     tensors_to_bytes, trainable_tensors,
 };
-use crate::config::TrainConfig;
+use crate::config::{GradientCheckpointing, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::schedule::lr_at;
 use crate::template::Example;
@@ -190,7 +190,12 @@ impl<'a> Session<'a> {
         let batches = self.next_batches();
         let step_targets: usize = batches.iter().map(|(_, b)| b.target_count()).sum();
         let step_tokens: usize = batches.iter().map(|(_, b)| b.real_tokens).sum();
-        let work = StepBatches { batches: &batches, seed: self.cfg.train.seed, targets: step_targets };
+        let work = StepBatches {
+            batches: &batches,
+            seed: self.cfg.train.seed,
+            targets: step_targets,
+            recompute_layers: self.cfg.train.gradient_checkpointing == GradientCheckpointing::Layers,
+        };
         let (mut grads, nll) = step_grads(&self.model, &self.opts.replicas, work)?;
         let step = self.state.step + 1;
         let loss = nll / step_targets.max(1) as f64;
