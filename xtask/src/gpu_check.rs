@@ -62,7 +62,7 @@ pub struct Report {
 pub struct TrainRow {
     /// `lora-8` or `idlora-128`.
     pub config: String,
-    /// The base's precision.
+    /// The base's precision, and gradient checkpointing where it is on.
     pub precision: String,
     /// Median step time.
     pub step_s: f64,
@@ -118,8 +118,18 @@ fn training(args: &GpuCheckArgs, device: &Device) -> Result<Vec<TrainRow>> {
     let (batch, seq) = if args.tiny { (2, 32) } else { (8, 512) };
     let mut rows = Vec::new();
     for (name, kind, r) in [("lora-8", MethodKind::Lora, 8), ("idlora-128", MethodKind::IdLora, 128)] {
-        for precision in [Precision::F32, Precision::Bf16] {
-            eprintln!("training {name}, {precision} base ...");
+        let variants = [
+            (Precision::F32, GradientCheckpointing::Off),
+            (Precision::Bf16, GradientCheckpointing::Off),
+            (Precision::Bf16, GradientCheckpointing::Layers),
+        ];
+        for (precision, checkpointing) in variants {
+            let base = if checkpointing.is_on() {
+                format!("{precision} + layer checkpointing")
+            } else {
+                precision.to_string()
+            };
+            eprintln!("training {name}, {base} base ...");
             let model = small_model(args.tiny, &device.clone().autodiff(), precision)?;
             let mut method = MethodConfig::new(kind, if args.tiny { r.min(4) } else { r });
             method.k = if args.tiny { 2 } else { 4 };
@@ -132,15 +142,9 @@ fn training(args: &GpuCheckArgs, device: &Device) -> Result<Vec<TrainRow>> {
             let bases = BasesSource::Cluster(PmrcConfig { n_init: 1, ..PmrcConfig::default() }, &progress);
             let model =
                 model.apply_adapters(&method, &targets, (kind == MethodKind::IdLora).then_some(bases))?;
-            let (step_s, loss) = timed_steps(model, batch, seq, args.steps, GradientCheckpointing::Off)?;
+            let (step_s, loss) = timed_steps(model, batch, seq, args.steps, checkpointing)?;
             let tokens_per_s = (batch * seq) as f64 / step_s;
-            rows.push(TrainRow {
-                config: name.into(),
-                precision: precision.to_string(),
-                step_s,
-                tokens_per_s,
-                loss,
-            });
+            rows.push(TrainRow { config: name.into(), precision: base, step_s, tokens_per_s, loss });
         }
     }
     Ok(rows)
@@ -254,13 +258,24 @@ mod tests {
             "{}",
             r.logits_max_abs_diff_bf16
         );
-        assert_eq!(r.training.len(), 4);
+        assert_eq!(r.training.len(), 6);
         assert!(r.training.iter().all(|t| t.loss.is_finite() && t.tokens_per_s > 0.0));
+        // Layer checkpointing trains the same steps: the same last loss as without it.
+        for pair in r.training.chunks(3) {
+            let (plain, ckpt) = (&pair[1], &pair[2]);
+            assert_eq!(ckpt.precision, "bf16 + layer checkpointing");
+            assert!(
+                (plain.loss - ckpt.loss).abs() <= 1e-5 * plain.loss.abs(),
+                "{} vs {}",
+                plain.loss,
+                ckpt.loss
+            );
+        }
         assert!(r.stack.tokens_per_s > 0.0);
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("gpu-check.json")).expect("json"))
                 .expect("parse");
-        assert_eq!(json["training"].as_array().map(Vec::len), Some(4));
+        assert_eq!(json["training"].as_array().map(Vec::len), Some(6));
         assert!(
             std::fs::read_to_string(dir.path().join("gpu-check.md"))
                 .expect("md")
