@@ -13,13 +13,22 @@ use idlora_cluster::PmrcConfig;
 use idlora_models::adapters::BasesSource;
 use idlora_models::{CausalLm, DeviceChoice, ForwardInput, ModelConfig, Target};
 use idlora_train::batch::collate;
-use idlora_train::loss::nll_sum;
+use idlora_train::loss::{nll_sum, seeded_nll_sum};
+use idlora_train::recompute::recomputed_grads;
 use idlora_train::template::Example;
 
 /// Grouped heads (4 query, 2 key/value), a tied head, two layers: every block of the decoder.
 const TINY: &str = r#"{"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64,
     "tie_word_embeddings": true}"#;
+
+/// burn's CPU generator is process-wide, and the adapters draw their initialisation from it:
+/// the tests that build adapters hold this lock, or each would draw the other's numbers.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn wgpu_device() -> Option<Device> {
     match idlora_models::pick(DeviceChoice::Wgpu) {
@@ -94,6 +103,7 @@ fn id_lora_losses(device: &Device) -> Vec<f32> {
 #[test]
 fn three_id_lora_steps_on_wgpu_match_the_cpu_backend() {
     let Some(gpu) = wgpu_device() else { return };
+    let _serial = serial();
     let cpu = id_lora_losses(&Device::flex().autodiff());
     let got = id_lora_losses(&gpu.autodiff());
     eprintln!("cpu {cpu:?}\nwgpu {got:?}");
@@ -102,4 +112,48 @@ fn three_id_lora_steps_on_wgpu_match_the_cpu_backend() {
     for (a, b) in cpu.iter().zip(&got) {
         assert!((a - b).abs() < 1e-4, "losses differ: cpu {cpu:?}, wgpu {got:?}");
     }
+}
+
+/// Layer checkpointing on wgpu: the recomputed gradients of ID-LoRA (with dropout, drawn on the
+/// device from the same per-layer seeds in both passes) equal wgpu's ordinary backward.
+#[test]
+fn layer_recomputation_on_wgpu_gives_the_ordinary_gradients() {
+    let Some(gpu) = wgpu_device() else { return };
+    let _serial = serial();
+    let cpu = Device::flex().autodiff();
+    cpu.seed(0);
+    let mut method = MethodConfig::new(MethodKind::IdLora, 4).with_dropout(0.1);
+    method.k = 2;
+    let progress = |_: usize, _: usize| {};
+    let bases = BasesSource::Cluster(PmrcConfig { n_init: 1, ..PmrcConfig::default() }, &progress);
+    let model = tiny(&cpu).apply_adapters(&method, &Target::ALL, Some(bases)).unwrap().fork(&gpu.autodiff());
+    let examples: Vec<Example> =
+        ids(48).chunks(12).map(|row| Example { tokens: row.to_vec(), prompt_len: 3 }).collect();
+    let rows: Vec<&Example> = examples.iter().collect();
+    let batch = collate(&rows, 0);
+    let scale = batch.target_count() as f64;
+    let nll = seeded_nll_sum(&model, &batch, 3).unwrap().div_scalar(scale);
+    let expected = GradientsParams::from_grads(nll.backward(), &model);
+    let (got, _) = recomputed_grads(&model, &batch, 3, scale).unwrap();
+    struct Compare<'a> {
+        a: &'a GradientsParams,
+        b: &'a GradientsParams,
+        worst: f32,
+        count: usize,
+    }
+    impl burn::module::ModuleVisitor for Compare<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if let Some(x) = self.a.get::<D>(param.id) {
+                let y = self.b.get::<D>(param.id).expect("a recomputed gradient for every parameter");
+                let d = host(x - y).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                self.worst = self.worst.max(d);
+                self.count += 1;
+            }
+        }
+    }
+    let mut c = Compare { a: &expected, b: &got, worst: 0.0, count: 0 };
+    model.visit(&mut c);
+    eprintln!("{} gradients, worst |difference| {:e}", c.count, c.worst);
+    assert!(c.count > 0);
+    assert!(c.worst <= 1e-6, "recomputed gradients differ by {}", c.worst);
 }
