@@ -231,7 +231,9 @@ pub fn method_ranks(scale: Scale) -> [(MethodKind, usize); 5] {
 
 /// The main comparison's rows (Tables 1 and 2): FFT and every method at its paper rank.
 fn method_rows(scale: Scale, with_moelora: bool) -> Vec<RowSpec> {
-    let mut rows = vec![row("FFT", vec!["method.kind=full".to_string()])];
+    // Full fine-tuning trains the base itself, which stays f32 (the paper-scale configs store a
+    // frozen base in bf16).
+    let mut rows = vec![row("FFT", vec!["method.kind=full".to_string(), "train.precision=f32".to_string()])];
     for (kind, r) in method_ranks(scale) {
         if kind == MethodKind::MoeLora && !with_moelora {
             continue;

@@ -455,6 +455,18 @@ fn shipped_configs_are_valid_and_carry_the_papers_settings() {
         assert_eq!((cfg.train.effective_batch, cfg.train.epochs), (32, epochs), "{name}");
         assert_eq!((cfg.optim.warmup_steps, cfg.optim.warmup_ratio), (0, 0.0), "{name}");
         assert_eq!(cfg.optim.lr, lr, "{name}");
+        // A bf16 base and layer checkpointing: what makes 4 x 1024 tokens fit an 80 GB GPU.
+        assert_eq!(cfg.train.precision, idlora_models::Precision::Bf16, "{name}");
+        assert_eq!(
+            cfg.train.gradient_checkpointing,
+            idlora_train::config::GradientCheckpointing::Layers,
+            "{name}"
+        );
+        // Full fine-tuning is refused on the half base, and valid with the f32 override that the
+        // FFT rows of the reproduce grids set.
+        assert!(TrainConfig::from_file(&path, &["method.kind=full".into()]).is_err(), "{name}");
+        let set = ["method.kind=full".to_string(), "train.precision=f32".to_string()];
+        TrainConfig::from_file(&path, &set).unwrap_or_else(|e| panic!("{name} full f32: {e}"));
         // Switching the method gives the paper's baseline rank, alpha = 2 r.
         for (kind, r) in [("lora", 32), ("dora", 32), ("hydralora", 16), ("moelora", 8)] {
             let set = [format!("method.kind={kind}")];
