@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use idlora_models::{CausalLm, ChatMessage, SamplingConfig, Tokenizer, generate, load, load_tokenizer};
 use idlora_train::config::TemplateKind;
+use idlora_train::plan::{Backend, PlanSettings, plan};
 use idlora_train::trainer::{Outcome, RunPlan, StepMetrics, TrainOptions, train};
 use idlora_train::{Observer, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -181,6 +182,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .with_context(|| format!("loading {}", model_path.display()))?;
     let tokenizer = load_tokenizer(&model_path, &model.config.eos_token_ids)?;
     eprintln!("loaded {} in {:.1} s", model_path.display(), t.elapsed().as_secs_f64());
+    // What the longest micro-batch will need, before anything is spent on it.
+    let backend =
+        if device.clone().inner() == burn::tensor::Device::flex() { Backend::Cpu } else { Backend::Gpu };
+    if let Ok(p) = PlanSettings::for_run(&cfg, backend).and_then(|s| plan(&model.config, &s)) {
+        eprintln!(
+            "{} base, gradient checkpointing {}; predicted peak {:.2} GiB per device at {} x {} tokens \
+             (`cargo xtask plan` for the terms)",
+            cfg.train.precision,
+            cfg.train.gradient_checkpointing,
+            p.total() as f64 / (1u64 << 30) as f64,
+            cfg.train.micro_batch,
+            cfg.data.max_length
+        );
+    }
 
     let show_samples = !args.no_samples && !cfg.sample.prompts.is_empty() && !args.resume;
     let before = if show_samples { samples(&model, &tokenizer, &cfg)? } else { Vec::new() };

@@ -57,7 +57,7 @@ use idlora_adapter::{DropoutSite, MethodConfig, MethodKind};
 use idlora_models::{ModelConfig, Precision, Target};
 use serde::Serialize;
 
-use crate::config::GradientCheckpointing;
+use crate::config::{GradientCheckpointing, TrainConfig};
 use crate::error::{Result, config_err};
 
 /// Which kind of backend the step runs on: it decides which fused kernels exist and how
@@ -128,6 +128,38 @@ pub struct PlanSettings {
     pub devices: usize,
     /// The backend kind.
     pub backend: Backend,
+}
+
+impl PlanSettings {
+    /// The settings of a run of `cfg` on `backend`: its method, targets, precision, micro-batch,
+    /// checkpointing and devices, at its longest sequence (`data.max_length`).
+    ///
+    /// ```
+    /// use idlora_train::TrainConfig;
+    /// use idlora_train::plan::{Backend, PlanSettings};
+    ///
+    /// let cfg = TrainConfig::from_toml(
+    ///     "[model]\npath = \"m\"\n[[data.sources]]\npath = \"d.json\"\n[train]\ngradient_checkpointing = true\n",
+    ///     "run.toml",
+    ///     &[],
+    /// )?;
+    /// let s = PlanSettings::for_run(&cfg, Backend::Gpu)?;
+    /// assert_eq!((s.micro_batch, s.seq, s.devices), (cfg.train.micro_batch, cfg.data.max_length, 1));
+    /// assert!(s.gradient_checkpointing.is_on());
+    /// # Ok::<(), idlora_train::TrainError>(())
+    /// ```
+    pub fn for_run(cfg: &TrainConfig, backend: Backend) -> Result<PlanSettings> {
+        Ok(PlanSettings {
+            method: cfg.method_config()?,
+            targets: cfg.targets()?,
+            precision: cfg.train.precision,
+            micro_batch: cfg.train.micro_batch,
+            seq: cfg.data.max_length,
+            gradient_checkpointing: cfg.train.gradient_checkpointing,
+            devices: 1 + cfg.train.extra_devices.len(),
+            backend,
+        })
+    }
 }
 
 /// Predicted bytes on the main device at the peak of one training step.
