@@ -13,6 +13,9 @@ use idlora_train::checkpoint::read_tensors;
 use idlora_train::trainer::{Outcome, RunPlan, TrainOptions, train};
 use idlora_train::{Observer, TrainConfig, TrainError};
 
+#[path = "train_parts/recompute.rs"]
+mod recompute;
+
 const WORDS: &[&str] = &[
     "<unk>", "</s>", "red", "green", "blue", "one", "two", "three", "four", "cat", "dog", "bird", "reverse",
     "copy", "say", "colour", "number", "animal", "the", "of", "is", "what", "a", "b", "c", "d",

@@ -2,8 +2,8 @@
 //! parameter: the gradients of `idlora_train::recompute::recomputed_grads` must be those of
 //! `seeded_nll_sum(..).backward()` for adapters with dropout (LoRA, DoRA, HydraLoRA, ID-LoRA)
 //! and for full fine-tuning with a tied head. Adam's update hides a gradient's scale, so this
-//! compares gradients, not trained weights. Its own test binary: it reseeds burn's CPU
-//! generator, which every test of one binary shares.
+//! compares gradients, not trained weights. A module of `tests/train.rs` (one test binary fewer
+//! to link); it reseeds burn's CPU generator, so it holds that file's lock like every test there.
 #![allow(clippy::unwrap_used)]
 
 use burn::module::{Module, ModuleVisitor, Param};
@@ -105,6 +105,7 @@ fn worst_relative(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
 
 #[test]
 fn recomputed_gradients_equal_the_ordinary_backward() {
+    let _serial = super::serial();
     let b = batch();
     let scale = b.target_count() as f64;
     for kind in
