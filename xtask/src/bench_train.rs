@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use clap::Args;
 use idlora_adapter::{MethodConfig, MethodKind};
 use idlora_cluster::PmrcConfig;
@@ -22,8 +22,7 @@ use idlora_models::load::load_as;
 use idlora_models::{CausalLm, Precision};
 use idlora_train::batch::collate;
 use idlora_train::config::GradientCheckpointing;
-use idlora_train::loss::seeded_nll_sum;
-use idlora_train::recompute::recomputed_grads;
+use idlora_train::recompute::batch_grads;
 use idlora_train::template::Example;
 use rand::{RngExt, SeedableRng};
 
@@ -150,21 +149,8 @@ pub(crate) fn timed_steps(
     for _ in 0..=steps {
         let t = Instant::now();
         let targets = batch.target_count() as f64;
-        let grads = if checkpointing == GradientCheckpointing::Layers {
-            let (grads, nll) = recomputed_grads(&model, &batch, 0, targets)?;
-            loss = nll / targets;
-            grads
-        } else {
-            let mean = seeded_nll_sum(&model, &batch, 0)?.div_scalar(targets);
-            loss = mean
-                .clone()
-                .detach()
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as f64;
-            GradientsParams::from_grads(mean.backward(), &model)
-        };
+        let (grads, nll) = batch_grads(&model, &batch, 0, targets, checkpointing)?;
+        loss = nll / targets;
         model = optim.step(1e-4, model, grads);
         device.sync().map_err(|e| anyhow::anyhow!("synchronising the device: {e:?}"))?;
         times.push(t.elapsed().as_secs_f64());

@@ -73,7 +73,7 @@ pub struct PlanArgs {
     out: Option<PathBuf>,
 }
 
-const GIB: f64 = (1u64 << 30) as f64;
+pub(crate) const GIB: f64 = (1u64 << 30) as f64;
 const MIB: f64 = (1u64 << 20) as f64;
 
 /// The plan's terms as Markdown table rows (label, bytes).

@@ -183,15 +183,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let tokenizer = load_tokenizer(&model_path, &model.config.eos_token_ids)?;
     eprintln!("loaded {} in {:.1} s", model_path.display(), t.elapsed().as_secs_f64());
     // What the longest micro-batch will need, before anything is spent on it.
-    let backend =
-        if device.clone().inner() == burn::tensor::Device::flex() { Backend::Cpu } else { Backend::Gpu };
-    if let Ok(p) = PlanSettings::for_run(&cfg, backend).and_then(|s| plan(&model.config, &s)) {
+    if let Ok(p) = PlanSettings::for_run(&cfg, Backend::of(&device)).and_then(|s| plan(&model.config, &s)) {
         eprintln!(
             "{} base, gradient checkpointing {}; predicted peak {:.2} GiB per device at {} x {} tokens \
              (`cargo xtask plan` for the terms)",
             cfg.train.precision,
             cfg.train.gradient_checkpointing,
-            p.total() as f64 / (1u64 << 30) as f64,
+            p.total() as f64 / crate::plan::GIB,
             cfg.train.micro_batch,
             cfg.data.max_length
         );

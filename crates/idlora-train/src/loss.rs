@@ -51,7 +51,11 @@ pub(crate) fn head_nll_sum(model: &CausalLm, h: Tensor<3>, batch: &Batch) -> Ten
 /// The dropout seed of decoder layer `layer` in a forward pass seeded with `seed` (a SplitMix64
 /// finaliser of the pair, so neighbouring layers and seeds get unrelated streams).
 pub fn layer_seed(seed: u64, layer: usize) -> u64 {
-    let mut z = seed ^ (layer as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    splitmix(seed ^ (layer as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// SplitMix64's finaliser: every input bit moves about half of the output bits.
+pub(crate) fn splitmix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

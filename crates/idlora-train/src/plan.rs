@@ -53,6 +53,7 @@
 //! # Ok::<(), idlora_train::TrainError>(())
 //! ```
 
+use burn::tensor::Device;
 use idlora_adapter::{DropoutSite, MethodConfig, MethodKind};
 use idlora_models::{ModelConfig, Precision, Target};
 use serde::Serialize;
@@ -80,6 +81,18 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The kind of backend `device` is: burn's CPU backend (with or without autodiff) or a GPU.
+    ///
+    /// ```
+    /// use burn::tensor::Device;
+    /// use idlora_train::plan::Backend;
+    ///
+    /// assert_eq!(Backend::of(&Device::flex().autodiff()), Backend::Cpu);
+    /// ```
+    pub fn of(device: &Device) -> Backend {
+        if device.clone().inner() == Device::flex() { Backend::Cpu } else { Backend::Gpu }
+    }
+
     fn runtime_bytes(self) -> u64 {
         match self {
             Backend::Cpu => 64 << 20,

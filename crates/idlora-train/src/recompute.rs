@@ -19,7 +19,7 @@
 //! gradients; the price is one more forward pass of the decoder layers (about a third more
 //! compute). Dropout draws each layer's masks from [`layer_seed`] in both passes, so the
 //! recomputed layer is the same function as the first: the gradients are those of
-//! [`seeded_nll_sum`](crate::loss::seeded_nll_sum)'s backward (the same arithmetic, grouped by
+//! [`seeded_nll_sum`]'s backward (the same arithmetic, grouped by
 //! layer), which the tests check.
 //!
 //! This is the per-layer scheme of transformers' `gradient_checkpointing_enable`, built from
@@ -56,15 +56,36 @@ use burn::tensor::Tensor;
 use idlora_models::CausalLm;
 
 use crate::batch::Batch;
+use crate::config::GradientCheckpointing;
 use crate::error::{Result, TrainError};
-use crate::loss::{head_nll_sum, layer_seed, scalar};
+use crate::loss::{head_nll_sum, layer_seed, scalar, seeded_nll_sum};
+
+/// One micro-batch's gradients of `nll / scale` and its summed negative log-likelihood `nll`,
+/// as `checkpointing` says: by layer recomputation ([`recomputed_grads`]) for
+/// [`GradientCheckpointing::Layers`], else the ordinary backward of
+/// [`seeded_nll_sum`] (burn's Balanced strategy, `Operations`, lives in the model's device).
+/// Each layer's dropout is seeded by [`layer_seed`]`(seed, layer)` either way, so the choice
+/// changes memory and time, not the gradients.
+pub fn batch_grads(
+    model: &CausalLm,
+    batch: &Batch,
+    seed: u64,
+    scale: f64,
+    checkpointing: GradientCheckpointing,
+) -> Result<(GradientsParams, f64)> {
+    if checkpointing == GradientCheckpointing::Layers {
+        return recomputed_grads(model, batch, seed, scale);
+    }
+    let nll = seeded_nll_sum(model, batch, seed)?;
+    let value = scalar(nll.clone().detach(), "loss")?;
+    Ok((GradientsParams::from_grads(nll.div_scalar(scale).backward(), model), value))
+}
 
 /// The gradients of `nll / scale` for `batch` on `model` (an autodiff model), by layer
 /// recomputation, with each layer's dropout seeded by [`layer_seed`]`(seed, layer)`, and the
 /// summed negative log-likelihood `nll` itself.
 ///
-/// The gradients equal those of
-/// [`seeded_nll_sum`](crate::loss::seeded_nll_sum)`(model, batch, seed) / scale`.
+/// The gradients equal those of [`seeded_nll_sum`]`(model, batch, seed) / scale`.
 pub fn recomputed_grads(
     model: &CausalLm,
     batch: &Batch,

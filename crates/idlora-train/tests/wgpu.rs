@@ -71,24 +71,32 @@ fn wgpu_logits_equal_the_cpu_backend() {
     assert!(diff < 1e-4, "max |wgpu - cpu| = {diff}");
 }
 
-/// Three AdamW steps of ID-LoRA (k = 2, r = 4, rank boosting) from the same adapter: built and
-/// clustered on the CPU, then forked onto each device. Dropout is off: its masks come from each
-/// device's own generator.
-fn id_lora_losses(device: &Device) -> Vec<f32> {
+/// ID-LoRA (k = 2, r = 4, rank boosting, every projection) with `dropout`, built and clustered
+/// on the CPU from a seeded generator (the same adapter every time), then forked onto `device`
+/// (`fork`, not `to_device`: the parameters become leaves there, as the trainer's replicas).
+fn id_lora_on(device: &Device, dropout: f64) -> CausalLm {
     let cpu = Device::flex().autodiff();
-    // The router's random initialisation comes from this generator: the same on both sides.
     cpu.seed(0);
-    let mut method = MethodConfig::new(MethodKind::IdLora, 4).with_dropout(0.0);
+    let mut method = MethodConfig::new(MethodKind::IdLora, 4).with_dropout(dropout);
     method.k = 2;
     let progress = |_: usize, _: usize| {};
     let bases = BasesSource::Cluster(PmrcConfig { n_init: 1, ..PmrcConfig::default() }, &progress);
-    let model = tiny(&cpu).apply_adapters(&method, &Target::ALL, Some(bases)).unwrap();
-    // `fork`, not `to_device`: the parameters become leaves on `device` (as the trainer's replicas).
-    let mut model = model.fork(device);
+    tiny(&cpu).apply_adapters(&method, &Target::ALL, Some(bases)).unwrap().fork(device)
+}
+
+/// Four rows of 12 tokens, the first 3 of each a prompt.
+fn batch() -> idlora_train::batch::Batch {
     let examples: Vec<Example> =
         ids(48).chunks(12).map(|row| Example { tokens: row.to_vec(), prompt_len: 3 }).collect();
     let rows: Vec<&Example> = examples.iter().collect();
-    let batch = collate(&rows, 0);
+    collate(&rows, 0)
+}
+
+/// Three AdamW steps of ID-LoRA from the same adapter on `device`. Dropout is off: its masks
+/// come from each device's own generator.
+fn id_lora_losses(device: &Device) -> Vec<f32> {
+    let mut model = id_lora_on(device, 0.0);
+    let batch = batch();
     let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).init();
     let mut losses = Vec::new();
     for _ in 0..3 {
@@ -120,17 +128,8 @@ fn three_id_lora_steps_on_wgpu_match_the_cpu_backend() {
 fn layer_recomputation_on_wgpu_gives_the_ordinary_gradients() {
     let Some(gpu) = wgpu_device() else { return };
     let _serial = serial();
-    let cpu = Device::flex().autodiff();
-    cpu.seed(0);
-    let mut method = MethodConfig::new(MethodKind::IdLora, 4).with_dropout(0.1);
-    method.k = 2;
-    let progress = |_: usize, _: usize| {};
-    let bases = BasesSource::Cluster(PmrcConfig { n_init: 1, ..PmrcConfig::default() }, &progress);
-    let model = tiny(&cpu).apply_adapters(&method, &Target::ALL, Some(bases)).unwrap().fork(&gpu.autodiff());
-    let examples: Vec<Example> =
-        ids(48).chunks(12).map(|row| Example { tokens: row.to_vec(), prompt_len: 3 }).collect();
-    let rows: Vec<&Example> = examples.iter().collect();
-    let batch = collate(&rows, 0);
+    let model = id_lora_on(&gpu.autodiff(), 0.1);
+    let batch = batch();
     let scale = batch.target_count() as f64;
     let nll = seeded_nll_sum(&model, &batch, 3).unwrap().div_scalar(scale);
     let expected = GradientsParams::from_grads(nll.backward(), &model);

@@ -8,29 +8,26 @@ use idlora_models::CausalLm;
 
 use super::scalar;
 use crate::batch::Batch;
+use crate::config::GradientCheckpointing;
 use crate::error::{Result, TrainError};
-use crate::loss::seeded_nll_sum;
-use crate::recompute::recomputed_grads;
+use crate::loss::splitmix;
+use crate::recompute::batch_grads;
 
 /// Derives the dropout seed of micro-batch `index` (each layer's follows from it,
 /// [`crate::loss::layer_seed`]).
 fn micro_seed(seed: u64, index: usize) -> u64 {
-    let mut z = seed ^ (index as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    splitmix(seed ^ (index as u64).wrapping_add(0x9E37_79B9_7F4A_7C15))
 }
 
 /// One step's work: its micro-batches, each with its global index (which seeds its dropout), the
 /// run's seed, the step's target count, by which every micro-batch's loss is divided so that
-/// the gradients sum to those of the step's mean, and whether the backward recomputes each
-/// layer ([`crate::recompute`]) instead of keeping its activations.
+/// the gradients sum to those of the step's mean, and `train.gradient_checkpointing`.
 #[derive(Clone, Copy)]
 pub(super) struct StepBatches<'a> {
     pub batches: &'a [(usize, Batch)],
     pub seed: u64,
     pub targets: usize,
-    pub recompute_layers: bool,
+    pub checkpointing: GradientCheckpointing,
 }
 
 /// The step's gradients on the model's device, or spread over it and `replicas` when there are
@@ -61,14 +58,7 @@ fn micro_batch_grads(
     for (g, batch) in step.batches.iter().skip(first).step_by(stride) {
         // Each layer's dropout is seeded from the micro-batch's seed, so that a recomputed layer
         // draws the masks of its first pass.
-        let seed = micro_seed(step.seed, *g);
-        let (grads, nll) = if step.recompute_layers {
-            recomputed_grads(model, batch, seed, scale)?
-        } else {
-            let nll = seeded_nll_sum(model, batch, seed)?;
-            let value = scalar(nll.clone().detach(), "loss")?;
-            (GradientsParams::from_grads(nll.div_scalar(scale).backward(), model), value)
-        };
+        let (grads, nll) = batch_grads(model, batch, micro_seed(step.seed, *g), scale, step.checkpointing)?;
         nll_total += nll;
         acc.accumulate(model, grads);
     }

@@ -21,7 +21,7 @@ use crate::checkpoint::{
     CheckpointFiles, RunState, load_checkpoint, load_trainable, read_tensors, save_checkpoint,
     tensors_to_bytes, trainable_tensors,
 };
-use crate::config::{GradientCheckpointing, TrainConfig};
+use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::schedule::lr_at;
 use crate::template::Example;
@@ -194,7 +194,7 @@ impl<'a> Session<'a> {
             batches: &batches,
             seed: self.cfg.train.seed,
             targets: step_targets,
-            recompute_layers: self.cfg.train.gradient_checkpointing == GradientCheckpointing::Layers,
+            checkpointing: self.cfg.train.gradient_checkpointing,
         };
         let (mut grads, nll) = step_grads(&self.model, &self.opts.replicas, work)?;
         let step = self.state.step + 1;
