@@ -191,25 +191,28 @@ pub(crate) fn parse_peak(out: &std::process::Output, what: &str) -> Result<f64> 
     Ok(parse(out, what)?.1)
 }
 
-/// The memory table: each configuration with an f32 base, a bf16 base and a bf16 base with
-/// gradient checkpointing, side by side, one process each.
+/// The memory table: each configuration with an f32 and a bf16 base, without and with layer
+/// checkpointing, side by side, one process each.
 fn run_memory(args: &TrainBenchArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let variants = [
         ("f32 base", Precision::F32, GradientCheckpointing::Off),
         ("bf16 base", Precision::Bf16, GradientCheckpointing::Off),
+        ("f32 base + layer checkpointing", Precision::F32, GradientCheckpointing::Layers),
         ("bf16 base + layer checkpointing", Precision::Bf16, GradientCheckpointing::Layers),
     ];
     let mut md = format!(
         "SmolLM2-135M-Instruct, CPU (burn flex), {threads} threads, batch {} x {} tokens, forward + \
          backward + AdamW, median of {} steps after one warm-up, each row in its own process. \
-         `base saved` is the drop in peak RSS from the f32 row as a share of the base's f32 bytes \
-         (50% is all a 2-byte base can save); layer checkpointing saves activations instead.\n\n\
+         `vs f32` is against the f32 row without checkpointing; `base saved` is the drop in peak \
+         RSS from the f32 row with the same checkpointing, as a share of the base's f32 bytes (50% \
+         is all a 2-byte base can save).\n\n\
          | configuration | base | s / step | peak RSS MB | vs f32 | base saved | loss |\n|---|---|---|---|---|---|---|\n",
         args.batch, args.seq, args.steps
     );
     for (name, label) in CONFIGS {
-        let mut f32_row = None;
+        // Peak RSS of the f32 rows: without checkpointing (the `vs f32` reference), and by mode.
+        let mut f32_rows: Vec<(GradientCheckpointing, f64)> = Vec::new();
         for (variant, precision, ckpt) in variants {
             eprintln!("running {label}, {variant} ...");
             let out = child(args, name, precision, ckpt)?;
@@ -220,17 +223,17 @@ fn run_memory(args: &TrainBenchArgs) -> Result<()> {
                 .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .and_then(|v| v["base_params"].as_f64())
                 .unwrap_or(f64::NAN);
-            let (ratio, saved) = match f32_row {
-                None => {
-                    f32_row = Some(rss);
-                    ("1.00x".to_string(), "-".to_string())
-                }
-                // What checkpointing saves is activations, not the base: no share of the base.
-                Some(f) if ckpt.is_on() => (format!("{:.2}x", rss / f), "-".to_string()),
-                Some(f) => {
+            if precision == Precision::F32 {
+                f32_rows.push((ckpt, rss));
+            }
+            let reference = f32_rows.first().map_or(rss, |&(_, f)| f);
+            let ratio = format!("{:.2}x", rss / reference);
+            let saved = match f32_rows.iter().find(|(c, _)| *c == ckpt) {
+                Some(&(_, f)) if precision != Precision::F32 => {
                     let base_mb = base_params * 4.0 / (1024.0 * 1024.0);
-                    (format!("{:.2}x", rss / f), format!("{:.0}%", 100.0 * (f - rss) / base_mb))
+                    format!("{:.0}%", 100.0 * (f - rss) / base_mb)
                 }
+                _ => "-".to_string(),
             };
             md.push_str(&format!(
                 "| {label} | {variant} | {step:.2} | {rss:.0} | {ratio} | {saved} | {loss:.4} |\n"

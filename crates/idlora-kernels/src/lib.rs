@@ -8,8 +8,9 @@
 //! * [`dots`]: rows-by-centres dot products reading the rows in place (k-means' distance pass);
 //! * [`vmath`]: a branch-free `exp` that vectorises, and the reductions on it;
 //! * [`product`] (feature `burn`): `y + a b` in place and few-row products that stream the
-//!   weights across threads (the streaming kernels are `stream`'s), ID-LoRA's router, gather and
-//!   scale in one pass;
+//!   weights across threads (the streaming kernels are `stream`'s), products with a bf16 / f16
+//!   frozen weight that widen it a panel at a time (`half_weight`'s, with their backward), ID-LoRA's
+//!   router, gather and scale in one pass;
 //! * [`swiglu`], [`causal_attention`], [`cross_entropy`] (feature `burn`): the SwiGLU gate,
 //!   causal self-attention and the training loss as single autodiff operations on burn's CPU
 //!   backend (feature `flex`), the composition elsewhere.
@@ -38,6 +39,8 @@ pub mod causal_attention;
 pub mod cross_entropy;
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(feature = "flex")]
+mod half_weight;
 #[cfg(feature = "burn")]
 pub mod product;
 #[cfg(feature = "flex")]

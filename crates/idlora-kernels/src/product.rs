@@ -53,7 +53,9 @@ pub const FEW_ROWS: usize = 8;
 /// `x w` for `x: [m, k]`, `w: [k, n]` (any strides, e.g. a transposed view). On burn's CPU
 /// backend without autodiff: at most [`FEW_ROWS`] rows stream the weight across the threads,
 /// more rows are one gemm call into a fresh buffer; elsewhere it is `x.matmul(w)`. Where `w` is
-/// stored in another float dtype than `x`, the product is computed in `w`'s and returned in `x`'s.
+/// stored in another float dtype than `x` (a bf16 / f16 frozen base), the product is that of `x`
+/// cast to `w`'s dtype, returned in `x`'s: on burn's CPU backend, with or without autodiff, by a
+/// path that widens a frozen half weight to `f32` a panel at a time instead of whole.
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
@@ -70,6 +72,13 @@ pub fn matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     // differentiable, so this holds under autodiff too).
     let (x_dtype, w_dtype) = (x.dtype(), w.dtype());
     if x_dtype != w_dtype {
+        // On burn's CPU backend the same function without burn-flex's whole-weight conversions
+        // (`half_weight`: the weight widened a panel at a time, no round trip of the output).
+        #[cfg(feature = "flex")]
+        let (x, w) = match crate::half_weight::matmul(x, w) {
+            Ok(out) => return out,
+            Err(inputs) => inputs,
+        };
         return matmul(x.cast(w_dtype), w).cast(x_dtype);
     }
     #[cfg(feature = "flex")]

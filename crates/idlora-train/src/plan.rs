@@ -14,9 +14,9 @@
 //!   dropped input, the rank-`r` intermediate, router inputs and weights);
 //! - **head**: what the head's backward holds while every activation is still alive (see
 //!   [`Backend`]): on the CPU the f32 logits, whose buffer the fused cross-entropy's gradient
-//!   overwrites, and with a half base the half gradient, burn-flex's f32 copy of it and of the
-//!   embedding for the product; for full fine-tuning also the embedding's (or head's) gradient,
-//!   which the head's backward writes first;
+//!   overwrites (a half base adds nothing of that size: its products widen the weight a few
+//!   MiB at a time); for full fine-tuning also the embedding's (or head's) gradient, which the
+//!   head's backward writes first;
 //! - **runtime**: the process or the GPU context (a fixed allowance, stated in [`Backend`]).
 //!
 //! The peak is where the backward starts: weights, trainable parameters and AdamW's moments,
@@ -68,8 +68,8 @@ use crate::error::{Result, config_err};
 pub enum Backend {
     /// burn's CPU backend with idlora's fused kernels (causal attention keeps `q, k, v`, its
     /// output and one log-sum-exp per row; SwiGLU keeps its two inputs; cross-entropy keeps the
-    /// logits). Half-precision products are computed by converting to f32, so the largest
-    /// half weight (the embedding, in the head) has an f32 copy at the peak. Runtime: 64 MiB
+    /// logits). A half-precision weight is widened to f32 a 4 MiB panel at a time for its
+    /// products (`idlora_kernels::product::matmul`), so it adds no copy of its size. Runtime: 64 MiB
     /// (the binary, thread stacks, the allocator's retained pages).
     Cpu,
     /// CUDA or wgpu: burn's generic operations (attention keeps its `[heads, seq, seq]` scores
@@ -344,12 +344,10 @@ pub fn plan(config: &ModelConfig, settings: &PlanSettings) -> Result<MemoryPlan>
 
     let v = config.vocab_size as u64;
     let logits = tokens * v * f;
-    let half = settings.precision != Precision::F32;
     let mut head = match settings.backend {
         // The fused cross-entropy keeps the logits and writes their gradient over them. With a
-        // half base that gradient is cast to half for the head's product, which burn-flex runs
-        // on f32 copies of it and of the embedding.
-        Backend::Cpu if half => (tokens * v * 2 + logits + v * d * f).max(logits),
+        // half base the head's backward reads that gradient and the embedding a panel of
+        // columns at a time (two 4 MiB buffers, not counted).
         Backend::Cpu => logits,
         // The composed log-softmax keeps three `[vocab]` rows per token, plus the gradient.
         Backend::Gpu => 4 * logits,
