@@ -40,6 +40,13 @@ pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
     if t.is_contiguous() { t.clone() } else { t.to_contiguous() }
 }
 
+/// `(row stride, column stride, offset)` of a 2-D flex tensor.
+pub(crate) fn strides(t: &FlexTensor) -> (isize, isize, usize) {
+    let layout = t.layout();
+    let s = layout.strides();
+    (s[0], s[1], layout.start_offset())
+}
+
 /// The `f32` flex tensor of a dispatch tensor without autodiff.
 pub(crate) fn plain(t: &DispatchTensor) -> Option<&FlexTensor> {
     match (&t.kind, t.autodiff) {

@@ -30,7 +30,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::flex::{by_strategy, contiguous, from_plain, from_tracked, plain, tracked};
+use crate::flex::{by_strategy, contiguous, from_plain, from_tracked, plain, strides, tracked};
 
 /// The most `f32` values a widened panel of the weight (or of the gradient) holds: 4 MiB, so
 /// the transient memory of a product does not grow with the weight.
@@ -254,17 +254,11 @@ fn frozen_half(t: &DispatchTensor) -> Option<&FlexTensor> {
     matches!(flex.dtype(), DType::BF16 | DType::F16).then_some(flex)
 }
 
-/// `(row stride, column stride, offset)` of a 2-D flex tensor.
-fn strides(t: &FlexTensor) -> ((isize, isize), usize) {
-    let layout = t.layout();
-    let s = layout.strides();
-    ((s[0], s[1]), layout.start_offset())
-}
-
 /// `f(view)` for a [`frozen_half`] weight `[k, n]` in either half type, `None` where its layout
 /// does not fit [`WeightView`].
 fn with_view<R>(w: &FlexTensor, (k, n): (usize, usize), f: impl HalfFn<R>) -> Option<R> {
-    let (st, off) = strides(w);
+    let (rs, cs, off) = strides(w);
+    let st = (rs, cs);
     match w.dtype() {
         DType::BF16 => WeightView::new(w.storage::<bf16>(), (k, n), st, off).map(|v| f.call(&v)),
         DType::F16 => WeightView::new(w.storage::<f16>(), (k, n), st, off).map(|v| f.call(&v)),

@@ -146,7 +146,7 @@ mod flex {
     use burn::backend::flex::FlexTensor;
     use burn::tensor::{Device, Tensor, TensorData};
 
-    use crate::flex::{from_plain as from_flex, into_plain as into_flex};
+    use crate::flex::{from_plain as from_flex, into_plain as into_flex, strides};
 
     /// Below this many multiply-adds one thread does the product (burn-flex's own threshold).
     const PARALLEL_MACS: usize = 192 * 192 * 192;
@@ -159,13 +159,6 @@ mod flex {
             (Ok(fa), Ok(fb)) => Some((fa, fb)),
             _ => None,
         }
-    }
-
-    /// `(row stride, column stride, offset)` of a 2-D flex tensor.
-    fn strides(t: &FlexTensor) -> (isize, isize, usize) {
-        let layout = t.layout();
-        let s = layout.strides();
-        (s[0], s[1], layout.start_offset())
     }
 
     type Inputs = (Tensor<2>, Tensor<2>, Tensor<2>);
