@@ -15,7 +15,9 @@
 //! storing the base in bf16 saves (docs/bench-train.md: 6-22% of the base's bytes where 50% is
 //! the most). Here the weight is widened to `f32` a panel of columns at a time (at most
 //! [`PANEL_VALUES`]) straight into the operand gemm reads, the rounding of the input and output
-//! happens in place, and the backward keeps nothing but the weight itself.
+//! happens in place, and the backward keeps nothing but the weight itself. A product of at most
+//! [`crate::product::FEW_ROWS`] rows (a decoding step) takes the streaming kernels instead
+//! (`stream::few_rows_half`), which read the weight at two bytes a value.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -102,6 +104,19 @@ impl<'a, H: Half> WeightView<'a, H> {
         (last < data.len()).then_some(Self { data, k, n, rs, cs, off })
     }
 
+    /// The layout the streaming kernels read (from the view's offset), where one direction is
+    /// contiguous.
+    fn stream_layout(&self) -> Option<crate::stream::Layout> {
+        use crate::stream::Layout;
+        if self.cs == 1 && (self.rs >= self.n || self.k == 1) {
+            Some(Layout::RowMajor { ld: self.rs.max(self.n) })
+        } else if self.rs == 1 && (self.cs >= self.k || self.n == 1) {
+            Some(Layout::ColMajor { ld: self.cs.max(self.k) })
+        } else {
+            None
+        }
+    }
+
     /// Columns `j0 .. j0 + cols` widened into `panel` (`k cols` values); returns the panel's
     /// `(row stride, column stride)`: the weight's contiguous direction stays contiguous.
     fn widen_columns(&self, j0: usize, cols: usize, panel: &mut [f32]) -> (usize, usize) {
@@ -154,6 +169,22 @@ pub(crate) fn forward<H: Half>(x: &[f32], m: usize, w: &WeightView<'_, H>) -> Ve
     let mut xr = x[..m * k].to_vec();
     round_in_place::<H>(&mut xr, k);
     let mut out = vec![0.0f32; m * n];
+    // A few rows (a decoding step): the streaming kernels, which read the weight once at two
+    // bytes a value, widening it in cache.
+    if m <= crate::product::FEW_ROWS
+        && let Some(layout) = w.stream_layout()
+        && crate::stream::few_rows_half(
+            (m, k, n),
+            &xr,
+            &w.data[w.off..],
+            layout,
+            &mut out,
+            rayon::current_num_threads(),
+        )
+    {
+        round_in_place::<H>(&mut out, n);
+        return out;
+    }
     let width = panel_width(k, n);
     let mut panel = vec![0.0f32; k * width];
     for j0 in (0..n).step_by(width) {
@@ -424,7 +455,16 @@ mod tests {
         let device = Device::flex().autodiff();
         device.seed(3);
         // n = 4000 with k = 300: panels of 3488 columns, so two panels, the second partial.
-        let (m, k, n) = (37, 300, 4000);
+        for m in [37, 3] {
+            product_matches(&device, (m, 300, 4000));
+        }
+    }
+
+    /// [`half_weight_product_is_burns_cast_composition`] at one shape: `m` up to
+    /// [`crate::product::FEW_ROWS`] takes the streaming kernels in the forward pass, more rows the
+    /// panels.
+    fn product_matches(device: &Device, (m, k, n): (usize, usize, usize)) {
+        let device = device.clone();
         let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
         let g = Tensor::<2>::random([m, n], Distribution::Normal(0.0, 1.0), &device);
         let (xs, gs) = (values(x.clone()), values(g.clone()));
@@ -444,7 +484,7 @@ mod tests {
                 let src = Tensor::<2>::random(shape, Distribution::Normal(0.0, 0.1), &device);
                 let view = |t: Tensor<2>| if transposed { t.transpose() } else { t };
                 let w = view(src.clone().cast(dtype));
-                let what = format!("{dtype:?}, transposed {transposed}");
+                let what = format!("{dtype:?}, transposed {transposed}, {m} rows");
                 let run = |fast: bool| {
                     let x = x.clone().require_grad();
                     let y = if fast {

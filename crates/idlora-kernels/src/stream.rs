@@ -14,6 +14,10 @@
 //!   head) is split by its columns: output column `j` is the dot product of `x`'s rows with
 //!   contiguous column `j`.
 //!
+//! A weight stored in bf16 or f16 ([`few_rows_half`]) runs through the same kernels a few rows
+//! or columns at a time, widened to `f32` in a per-thread buffer that stays in cache: it comes
+//! in from memory at two bytes a value.
+//!
 //! x86-64 with AVX-512F, or AVX2 with FMA (one kernel body over either instruction set's
 //! vectors, see `stream_kernels`); elsewhere [`few_rows`] says so and the caller uses gemm.
 
@@ -26,6 +30,7 @@ pub(crate) enum Layout {
     ColMajor { ld: usize },
 }
 
+use crate::half_weight::Half;
 use crate::isa::{Isa, detect};
 
 /// `out[m, n] = x[m, k] w[k, n]` with `x` and `out` contiguous row-major.
@@ -53,7 +58,7 @@ fn few_rows_on(
     out: &mut [f32],
     threads: usize,
 ) -> bool {
-    if !in_bounds((m, k, n), x, w, layout, out) {
+    if !in_bounds((m, k, n), x, w.len(), layout, out) {
         return false;
     }
     if m == 0 || n == 0 {
@@ -112,7 +117,7 @@ fn dots_portable(x: &[f32], wt: &[f32], out: &mut [f32]) {
     }
 }
 
-fn in_bounds((m, k, n): (usize, usize, usize), x: &[f32], w: &[f32], layout: Layout, out: &[f32]) -> bool {
+fn in_bounds((m, k, n): (usize, usize, usize), x: &[f32], w_len: usize, layout: Layout, out: &[f32]) -> bool {
     let span = |outer: usize, ld: usize, inner: usize| match outer.checked_sub(1) {
         None => Some(0),
         Some(last) => last.checked_mul(ld).and_then(|v| v.checked_add(inner)),
@@ -124,7 +129,7 @@ fn in_bounds((m, k, n): (usize, usize, usize), x: &[f32], w: &[f32], layout: Lay
     };
     let xy =
         m.checked_mul(k).is_some_and(|v| v <= x.len()) && m.checked_mul(n).is_some_and(|v| v <= out.len());
-    xy && (m == 0 || n == 0 || k == 0 || w_need.is_some_and(|v| v <= w.len()))
+    xy && (m == 0 || n == 0 || k == 0 || w_need.is_some_and(|v| v <= w_len))
 }
 
 /// Row-major weight: thread `t` sums rows `p` of its range; the partial products are added.
@@ -137,25 +142,55 @@ fn by_rows(
     out: &mut [f32],
     threads: usize,
 ) {
+    // SAFETY: the bounds were checked by `few_rows`: rows p0 .. p1 of `w` and columns p0 .. p1
+    // of `x` lie inside their slices, `dst` holds m x n.
+    split_rows((m, k, n), out, threads, |p0, p1, dst| unsafe {
+        rows_kernel(isa, (m, k, n), x, w, ld, p0, p1, dst)
+    });
+}
+
+/// `dst += x[:, p0 .. p1] w[p0 .. p1, :]` on `isa`.
+///
+/// # Safety
+/// `isa` was detected; `x` holds `m x k`, `w` rows `p0 .. p1` of `n` at stride `ld`, `dst` `m x n`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_kernel(
+    isa: Isa,
+    (m, k, n): (usize, usize, usize),
+    x: &[f32],
+    w: &[f32],
+    ld: usize,
+    p0: usize,
+    p1: usize,
+    dst: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as the caller vouches.
+        Isa::Avx512 => unsafe { avx512::rows_into(m, k, n, x, w, ld, p0, p1, dst) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::rows_into(m, k, n, x, w, ld, p0, p1, dst) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("no instruction set is detected off x86-64 ({x:?}, {w:?}, {dst:?})"),
+    }
+}
+
+/// The weight's `k` rows split into up to `threads` ranges, `run(p0, p1, dst)` adding each
+/// range's partial product into a zeroed `dst` (the first range's straight into `out`), and the
+/// partials added up.
+fn split_rows(
+    (m, k, n): (usize, usize, usize),
+    out: &mut [f32],
+    threads: usize,
+    run: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
     // At least 64 weight rows per part: fewer would cost more in partial sums than they save.
     let parts = threads.min(k.div_ceil(64)).max(1);
     let per = k.div_ceil(parts);
-    let run = |t: usize, dst: &mut [f32]| {
-        let (p0, p1) = (t * per, ((t + 1) * per).min(k));
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the instruction set was detected and the bounds were checked by
-            // `few_rows`; rows p0 .. p1 of `w` and columns p0 .. p1 of `x` lie inside their
-            // slices, `dst` holds m x n.
-            Isa::Avx512 => unsafe { avx512::rows_into(m, k, n, x, w, ld, p0, p1, dst) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Isa::Avx2 => unsafe { avx2::rows_into(m, k, n, x, w, ld, p0, p1, dst) },
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => unreachable!("no instruction set is detected off x86-64"),
-        }
-    };
+    let run = |t: usize, dst: &mut [f32]| run(t * per, ((t + 1) * per).min(k), dst);
     let first = &mut out[..m * n];
+    first.fill(0.0);
     if parts == 1 {
         run(0, first);
         return;
@@ -185,31 +220,121 @@ fn by_columns(
     out: &mut [f32],
     threads: usize,
 ) {
-    use rayon::prelude::*;
-    let per = n.div_ceil(threads);
     let op = out.as_mut_ptr() as usize;
-    let run = |t: usize| {
-        let (j0, j1) = (t * per, ((t + 1) * per).min(n));
-        let out = op as *mut f32;
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the instruction set was detected and the bounds were checked by
-            // `few_rows`; block `t` writes columns j0 .. j1 of `out` (m x n, row-major) only,
-            // disjoint from every other block's, and `out` outlives the parallel loop.
-            Isa::Avx512 => unsafe { avx512::columns_into(m, k, n, x, w, ld, j0, j1, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Isa::Avx2 => unsafe { avx2::columns_into(m, k, n, x, w, ld, j0, j1, out) },
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => unreachable!("no instruction set is detected off x86-64 ({out:?})"),
-        }
-    };
+    // SAFETY: the bounds were checked by `few_rows`; block (j0, j1) writes columns j0 .. j1 of
+    // `out` (m x n, row-major) only, disjoint from every other block's, and `out` outlives the
+    // parallel loop.
+    split_columns(n, threads, |j0, j1| unsafe {
+        columns_kernel(isa, (m, k, n), x, w, ld, j0, j1, op as *mut f32)
+    });
+}
+
+/// `out[:, j0 .. j1] = x w[:, j0 .. j1]` on `isa`.
+///
+/// # Safety
+/// `isa` was detected; `x` holds `m x k`, `w` columns `j0 .. j1` of `k` at stride `ld`, `out`
+/// is `m x n` row-major and nobody else touches its columns `j0 .. j1` meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn columns_kernel(
+    isa: Isa,
+    (m, k, n): (usize, usize, usize),
+    x: &[f32],
+    w: &[f32],
+    ld: usize,
+    j0: usize,
+    j1: usize,
+    out: *mut f32,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as the caller vouches.
+        Isa::Avx512 => unsafe { avx512::columns_into(m, k, n, x, w, ld, j0, j1, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::columns_into(m, k, n, x, w, ld, j0, j1, out) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("no instruction set is detected off x86-64 ({x:?}, {w:?}, {out:?})"),
+    }
+}
+
+/// The `n` output columns split into up to `threads` contiguous blocks, `run(j0, j1)` on each.
+fn split_columns(n: usize, threads: usize, run: impl Fn(usize, usize) + Sync) {
+    use rayon::prelude::*;
+    let per = n.div_ceil(threads.max(1)).max(1);
     let blocks = n.div_ceil(per);
+    let run = |t: usize| run(t * per, ((t + 1) * per).min(n));
     if blocks == 1 {
         run(0);
     } else {
         (0..blocks).into_par_iter().for_each(run);
     }
+}
+
+/// `f32` values per widened piece of a half weight: 128 KiB, in cache while the kernels read it.
+const WIDENED_VALUES: usize = 32 * 1024;
+
+/// [`few_rows`] for a weight stored in bf16 or f16: the same kernels, run over a few weight rows
+/// (row-major) or columns (column-major) at a time widened to `f32` in a per-thread buffer, so
+/// that the weight comes in from memory at two bytes a value and is widened in cache.
+pub(crate) fn few_rows_half<H: Half>(
+    (m, k, n): (usize, usize, usize),
+    x: &[f32],
+    w: &[H],
+    layout: Layout,
+    out: &mut [f32],
+    threads: usize,
+) -> bool {
+    let Some(isa) = detect() else {
+        return false;
+    };
+    if !in_bounds((m, k, n), x, w.len(), layout, out) {
+        return false;
+    }
+    if m == 0 || n == 0 {
+        return true;
+    }
+    let threads = threads.max(1);
+    match layout {
+        Layout::RowMajor { ld } => {
+            // Rows per widened piece, a multiple of the kernel's four-row step.
+            let chunk = (WIDENED_VALUES / n).clamp(4, 256) / 4 * 4;
+            split_rows((m, k, n), out, threads, |p0, p1, dst| {
+                let mut buf = vec![0.0f32; chunk.min(p1 - p0) * n];
+                for c0 in (p0..p1).step_by(chunk) {
+                    let c1 = (c0 + chunk).min(p1);
+                    for (p, row) in (c0..c1).zip(buf.chunks_exact_mut(n)) {
+                        H::widen_slice(&w[p * ld..p * ld + n], row);
+                    }
+                    // Rows c0 .. c1 as rows 0 .. c1 - c0 of the buffer, `x` read from column c0.
+                    // SAFETY: `isa` was detected; `x[c0..]` holds rows of stride k whose columns
+                    // 0 .. c1 - c0 lie inside it (c1 <= k); the buffer holds c1 - c0 rows of n.
+                    unsafe { rows_kernel(isa, (m, k, n), &x[c0..], &buf, n, 0, c1 - c0, dst) };
+                }
+            });
+        }
+        Layout::ColMajor { ld } => {
+            let chunk = (WIDENED_VALUES / k.max(1)).clamp(1, 256);
+            let op = out.as_mut_ptr() as usize;
+            split_columns(n, threads, |j0, j1| {
+                let mut buf = vec![0.0f32; chunk.min(j1 - j0) * k];
+                for c0 in (j0..j1).step_by(chunk) {
+                    let c1 = (c0 + chunk).min(j1);
+                    for (j, col) in (c0..c1).zip(buf.chunks_exact_mut(k.max(1))) {
+                        H::widen_slice(&w[j * ld..j * ld + k], col);
+                    }
+                    // Columns c0 .. c1 as columns 0 .. c1 - c0 of the buffer, written from
+                    // output column c0.
+                    // SAFETY: `isa` was detected; the buffer holds c1 - c0 columns of k; `out`
+                    // is m x n row-major, this block alone writes its columns j0 .. j1 (so
+                    // c0 .. c1), and it outlives the parallel loop.
+                    unsafe {
+                        columns_kernel(isa, (m, k, n), x, &buf, k, 0, c1 - c0, (op as *mut f32).add(c0))
+                    };
+                }
+            });
+        }
+    }
+    true
 }
 
 /// The kernels' bodies, written once over an instruction set's vectors: the invoking module
@@ -223,7 +348,7 @@ fn by_columns(
 #[cfg(target_arch = "x86_64")]
 macro_rules! stream_kernels {
     ($feature:literal) => {
-        /// `dst[i, :] = sum_{p0 <= p < p1} x[i, p] w[p, :]` for all `m` rows.
+        /// `dst[i, :] += sum_{p0 <= p < p1} x[i, p] w[p, :]` for all `m` rows.
         ///
         /// # Safety
         /// The module's instruction set; `x` holds `m x k`, `w` rows `p0 .. p1` of `n` at stride
@@ -241,7 +366,6 @@ macro_rules! stream_kernels {
             p1: usize,
             dst: &mut [f32],
         ) {
-            dst[..m * n].fill(0.0);
             let mut i0 = 0;
             while i0 < m {
                 let rows = ROWS.min(m - i0);
@@ -496,6 +620,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The half-weight path against the definition on the widened values: bf16 and f16, both
+    /// layouts, strides with padding, several threads, and shapes whose weight spans several
+    /// widened pieces (k = 2000: eight pieces of 256 rows, and column pieces of 16).
+    #[test]
+    fn half_weights_match_the_definition_for_both_layouts() {
+        use half::{bf16, f16};
+        if crate::isa::available().is_empty() {
+            eprintln!("neither AVX-512F nor AVX2 with FMA: the streaming kernels are not used on this CPU");
+            return;
+        }
+        fn check<H: Half>(to_half: fn(f32) -> H, what: &str) {
+            for &(m, k, n) in &[(1, 5, 17), (3, 64, 33), (5, 67, 100), (8, 300, 16), (2, 2000, 40), (1, 1, 1)]
+            {
+                for &threads in &[1, 2, 3] {
+                    let pad = 3;
+                    let x = values(m * k, 1);
+                    let (rm_ld, cm_ld) = (n + pad, k + pad);
+                    let rm: Vec<H> = values(k * rm_ld, 2).into_iter().map(to_half).collect();
+                    let mut cm = vec![to_half(0.0); n * cm_ld];
+                    for p in 0..k {
+                        for j in 0..n {
+                            cm[j * cm_ld + p] = rm[p * rm_ld + j];
+                        }
+                    }
+                    let want: Vec<f64> = (0..m * n)
+                        .map(|idx| {
+                            let (i, j) = (idx / n, idx % n);
+                            (0..k)
+                                .map(|p| f64::from(x[i * k + p]) * f64::from(rm[p * rm_ld + j].widen()))
+                                .sum()
+                        })
+                        .collect();
+                    for layout in [Layout::RowMajor { ld: rm_ld }, Layout::ColMajor { ld: cm_ld }] {
+                        let w = if matches!(layout, Layout::RowMajor { .. }) { &rm } else { &cm };
+                        let mut out = vec![f32::NAN; m * n];
+                        assert!(few_rows_half((m, k, n), &x, w, layout, &mut out, threads));
+                        for (idx, (&got, &expect)) in out.iter().zip(&want).enumerate() {
+                            let tol = 1e-5 * (k as f64).sqrt();
+                            assert!(
+                                (f64::from(got) - expect).abs() <= tol,
+                                "{what} {layout:?} {m}x{k}x{n}, {threads} threads, at {idx}: {got} vs {expect}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        check::<bf16>(bf16::from_f32, "bf16");
+        check::<f16>(f16::from_f32, "f16");
     }
 
     #[test]
