@@ -14,7 +14,7 @@
 //! the embedding next to several `[1024, 49152]` buffers of 100-200 MB, which ate most of what
 //! storing the base in bf16 saves (docs/bench-train.md: 6-22% of the base's bytes where 50% is
 //! the most). Here the weight is widened to `f32` a panel of columns at a time (at most
-//! [`PANEL_VALUES`]) straight into the operand gemm reads, the rounding of the input and output
+//! [`PANEL_VALUES`], [`BACKWARD_PANEL_VALUES`] in the backward) straight into the operand gemm reads, the rounding of the input and output
 //! happens in place, and the backward keeps nothing but the weight itself. A product of at most
 //! [`crate::product::FEW_ROWS`] rows (a decoding step) takes the streaming kernels instead
 //! (`stream::few_rows_half`), which read the weight at two bytes a value.
@@ -34,9 +34,22 @@ use rayon::prelude::*;
 
 use crate::flex::{by_strategy, contiguous, from_plain, from_tracked, plain, strides, tracked};
 
-/// The most `f32` values a widened panel of the weight (or of the gradient) holds: 4 MiB, so
-/// the transient memory of a product does not grow with the weight.
-pub(crate) const PANEL_VALUES: usize = 1 << 20;
+/// The most `f32` values a widened panel of the weight holds in the forward pass: 16 MiB, so
+/// that the transient memory of a product does not grow with the weight, while the panels stay
+/// wide enough that gemm's repacking of the input for each of them costs little (with 4 MiB
+/// panels LLaMA-3-8B's `4096 x 4096` product at 512 tokens was 1.2x burn's time).
+pub(crate) const PANEL_VALUES: usize = 1 << 22;
+
+/// The same for each of the backward's two panels (the weight's and the gradient's columns),
+/// 4 MiB: they are alive at the step's peak, and each is packed once, so narrower costs nothing.
+pub(crate) const BACKWARD_PANEL_VALUES: usize = 1 << 20;
+
+/// Below this many values a widening or rounding pass runs on the calling thread: waking the
+/// pool costs tens of microseconds, more than the pass over a small projection's weight.
+const PARALLEL_VALUES: usize = 1 << 18;
+
+/// Values per task of a parallel pass.
+const TASK_VALUES: usize = 1 << 16;
 
 /// Panels are a multiple of this many columns wide (one AVX-512 register of `f32`).
 const PANEL_ALIGN: usize = 16;
@@ -59,7 +72,13 @@ impl Half for bf16 {
         self.to_f32()
     }
     fn round(v: f32) -> f32 {
-        bf16::from_f32(v).to_f32()
+        // `bf16::from_f32` bit for bit (to nearest, ties to even; a NaN stays a quiet NaN), but
+        // without its branches, so that a pass over a buffer vectorises: half's own was a
+        // third of the product's time at SmolLM2's 576-wide projections.
+        let b = v.to_bits();
+        let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+        let quiet_nan = (b | 0x0040_0000) & 0xffff_0000;
+        f32::from_bits(if v.is_nan() { quiet_nan } else { rounded })
     }
     fn widen_slice(src: &[Self], dst: &mut [f32]) {
         // A bf16 is the top half of an f32: the shift vectorises.
@@ -124,18 +143,14 @@ impl<'a, H: Half> WeightView<'a, H> {
         let panel = &mut panel[..k * cols];
         if w.cs == 1 {
             // Rows of the weight contiguous (an untransposed projection): the panel is row-major.
-            panel.par_chunks_mut(cols).with_min_len(8).enumerate().for_each(|(p, row)| {
-                H::widen_slice(&w.data[w.off + p * w.rs + j0..][..cols], row);
-            });
+            for_rows(panel, cols, |p, row| H::widen_slice(&w.data[w.off + p * w.rs + j0..][..cols], row));
             (cols, 1)
         } else if w.rs == 1 {
             // Columns contiguous (a tied embedding read as `E^T`): the panel is column-major.
-            panel.par_chunks_mut(k).with_min_len(8).enumerate().for_each(|(j, col)| {
-                H::widen_slice(&w.data[w.off + (j0 + j) * w.cs..][..k], col);
-            });
+            for_rows(panel, k, |j, col| H::widen_slice(&w.data[w.off + (j0 + j) * w.cs..][..k], col));
             (1, k)
         } else {
-            panel.par_chunks_mut(cols).with_min_len(8).enumerate().for_each(|(p, row)| {
+            for_rows(panel, cols, |p, row| {
                 for (j, v) in row.iter_mut().enumerate() {
                     *v = w.data[w.off + p * w.rs + (j0 + j) * w.cs].widen();
                 }
@@ -145,10 +160,22 @@ impl<'a, H: Half> WeightView<'a, H> {
     }
 }
 
-/// Columns per panel for `depth` values per column: as many as [`PANEL_VALUES`] allows, a
-/// multiple of [`PANEL_ALIGN`], at least one block, at most `n`.
-fn panel_width(depth: usize, n: usize) -> usize {
-    let fit = (PANEL_VALUES / depth.max(1)) / PANEL_ALIGN * PANEL_ALIGN;
+/// `f(i, row)` for each `width`-long row `i` of `values`, on several threads only where there
+/// is enough work for them.
+fn for_rows(values: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let width = width.max(1);
+    if values.len() < PARALLEL_VALUES {
+        values.chunks_mut(width).enumerate().for_each(|(i, row)| f(i, row));
+    } else {
+        let min_len = (TASK_VALUES / width).max(1);
+        values.par_chunks_mut(width).with_min_len(min_len).enumerate().for_each(|(i, row)| f(i, row));
+    }
+}
+
+/// Columns per panel of at most `budget` values with `depth` values per column: a multiple of
+/// [`PANEL_ALIGN`], at least one block, at most `n`.
+fn panel_width(budget: usize, depth: usize, n: usize) -> usize {
+    let fit = (budget / depth.max(1)) / PANEL_ALIGN * PANEL_ALIGN;
     fit.max(PANEL_ALIGN).min(n.max(1))
 }
 
@@ -158,9 +185,7 @@ fn parallelism(macs: usize) -> gemm::Parallelism {
 
 /// Every value rounded to `H` in place, rows of `width` in parallel.
 fn round_in_place<H: Half>(values: &mut [f32], width: usize) {
-    values.par_chunks_mut(width.max(1)).with_min_len(8).for_each(|row| {
-        row.iter_mut().for_each(|v| *v = H::round(*v));
-    });
+    for_rows(values, width, |_, row| row.iter_mut().for_each(|v| *v = H::round(*v)));
 }
 
 /// `round(round(x) w)` for `x: [m, k]` contiguous row-major, as a fresh row-major `[m, n]`.
@@ -185,7 +210,7 @@ pub(crate) fn forward<H: Half>(x: &[f32], m: usize, w: &WeightView<'_, H>) -> Ve
         round_in_place::<H>(&mut out, n);
         return out;
     }
-    let width = panel_width(k, n);
+    let width = panel_width(PANEL_VALUES, k, n);
     let mut panel = vec![0.0f32; k * width];
     for j0 in (0..n).step_by(width) {
         let cols = width.min(n - j0);
@@ -228,13 +253,13 @@ pub(crate) fn forward<H: Half>(x: &[f32], m: usize, w: &WeightView<'_, H>) -> Ve
 pub(crate) fn backward<H: Half>(g: &[f32], m: usize, w: &WeightView<'_, H>) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
     let mut gx = vec![0.0f32; m * k];
-    let width = panel_width(k.max(m), n);
+    let width = panel_width(BACKWARD_PANEL_VALUES, k.max(m), n);
     let mut panel = vec![0.0f32; k * width];
     let mut g_panel = vec![0.0f32; m * width];
     for (i, j0) in (0..n).step_by(width).enumerate() {
         let cols = width.min(n - j0);
         let (prs, pcs) = w.widen_columns(j0, cols, &mut panel);
-        g_panel[..m * cols].par_chunks_mut(cols).with_min_len(8).enumerate().for_each(|(r, row)| {
+        for_rows(&mut g_panel[..m * cols], cols, |r, row| {
             for (o, &v) in row.iter_mut().zip(&g[r * n + j0..][..cols]) {
                 *o = H::round(v);
             }
@@ -454,9 +479,10 @@ mod tests {
     fn half_weight_product_is_burns_cast_composition() {
         let device = Device::flex().autodiff();
         device.seed(3);
-        // n = 4000 with k = 300: panels of 3488 columns, so two panels, the second partial.
+        // k = 1100, n = 4000: forward panels of 3808 columns (two, the second partial), backward
+        // panels of 944 (five): the panel loops and the backward's accumulation all run.
         for m in [37, 3] {
-            product_matches(&device, (m, 300, 4000));
+            product_matches(&device, (m, 1100, 4000));
         }
     }
 
@@ -544,6 +570,46 @@ mod tests {
         assert!(worst < 0.6, "within bf16's rounding of 64 products: {worst}");
     }
 
+    /// The branch-free bf16 rounding is half's `bf16::from_f32`, bit for bit: ties, carries into
+    /// the exponent, overflow to infinity, subnormals, signed zeros, infinities and NaNs.
+    #[test]
+    fn bf16_rounding_is_halfs() {
+        let mut bits: Vec<u32> = vec![
+            0,
+            0x8000_0000,
+            0x0000_8000,
+            0x0001_8000,
+            0x0000_8001,
+            0x3f80_8000,
+            0x3f81_8000,
+            0x3f80_7fff,
+            0x7f7f_ffff,
+            0xff7f_ffff,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0x7f80_0001,
+            0xffff_ffff,
+            0x0000_0001,
+            0x007f_ffff,
+            0x3fff_ffff,
+        ];
+        // And a spread of ordinary values.
+        let mut z = 0x1234_5678_9abc_def0u64;
+        for _ in 0..100_000 {
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            bits.push((z >> 32) as u32);
+        }
+        for b in bits {
+            let v = f32::from_bits(b);
+            let ours = <bf16 as Half>::round(v);
+            let theirs = bf16::from_f32(v).to_f32();
+            assert_eq!(ours.to_bits(), theirs.to_bits(), "{b:#010x}: {ours} vs {theirs}");
+        }
+    }
+
     #[test]
     fn other_inputs_go_back_untouched() {
         let device = Device::flex();
@@ -557,8 +623,9 @@ mod tests {
         let w = Tensor::<2>::ones([3, 4], &ad).cast(FloatDType::BF16).require_grad();
         assert!(matmul(Tensor::<2>::ones([2, 3], &ad), w).is_err());
         // Panels: the whole weight when it is small, one aligned block when a column alone fills one.
-        assert_eq!(panel_width(3, 4), 4);
-        assert_eq!(panel_width(300, 4000), 3488);
-        assert_eq!(panel_width(1 << 20, 1 << 20), PANEL_ALIGN);
+        assert_eq!(panel_width(PANEL_VALUES, 3, 4), 4);
+        assert_eq!(panel_width(PANEL_VALUES, 1100, 4000), 3808);
+        assert_eq!(panel_width(BACKWARD_PANEL_VALUES, 1100, 4000), 944);
+        assert_eq!(panel_width(BACKWARD_PANEL_VALUES, 1 << 20, 1 << 20), PANEL_ALIGN);
     }
 }

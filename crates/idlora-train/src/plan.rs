@@ -68,7 +68,7 @@ use crate::error::{Result, config_err};
 pub enum Backend {
     /// burn's CPU backend with idlora's fused kernels (causal attention keeps `q, k, v`, its
     /// output and one log-sum-exp per row; SwiGLU keeps its two inputs; cross-entropy keeps the
-    /// logits). A half-precision weight is widened to f32 a 4 MiB panel at a time for its
+    /// logits). A half-precision weight is widened to f32 a panel (4-16 MiB) at a time for its
     /// products (`idlora_kernels::product::matmul`), so it adds no copy of its size. Runtime: 64 MiB
     /// (the binary, thread stacks, the allocator's retained pages).
     Cpu,
