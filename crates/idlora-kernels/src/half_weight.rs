@@ -14,8 +14,9 @@
 //! the embedding next to several `[1024, 49152]` buffers of 100-200 MB, which ate most of what
 //! storing the base in bf16 saves (docs/bench-train.md: 6-22% of the base's bytes where 50% is
 //! the most). Here the weight is widened to `f32` a panel of columns at a time (at most
-//! [`PANEL_VALUES`], [`BACKWARD_PANEL_VALUES`] in the backward) straight into the operand gemm reads, the rounding of the input and output
-//! happens in place, and the backward keeps nothing but the weight itself. A product of at most
+//! [`PANEL_VALUES`], [`BACKWARD_PANEL_VALUES`] in the backward) straight into the operand gemm
+//! reads, the rounding of the input and output happens in place, and the backward keeps nothing
+//! but the weight itself. A product of at most
 //! [`crate::product::FEW_ROWS`] rows (a decoding step) takes the streaming kernels instead
 //! (`stream::few_rows_half`), which read the weight at two bytes a value.
 
