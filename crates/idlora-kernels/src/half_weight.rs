@@ -66,6 +66,10 @@ pub(crate) trait Half: Copy + Send + Sync {
     fn round(v: f32) -> f32;
     /// `dst[i] = src[i].widen()` (same lengths).
     fn widen_slice(src: &[Self], dst: &mut [f32]);
+    /// Every value rounded to this type in place.
+    fn round_slice(values: &mut [f32]) {
+        values.iter_mut().for_each(|v| *v = Self::round(*v));
+    }
 }
 
 impl Half for bf16 {
@@ -100,6 +104,17 @@ impl Half for f16 {
         use half::slice::HalfFloatSliceExt;
         // F16C where the CPU has it (half detects it at run time).
         src.convert_to_f32_slice(dst);
+    }
+    fn round_slice(values: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        // Through half's slice conversions (F16C, eight values an instruction) rather than one
+        // call per value, a stack buffer at a time.
+        let mut buf = [f16::ZERO; 256];
+        for chunk in values.chunks_mut(buf.len()) {
+            let b = &mut buf[..chunk.len()];
+            b.convert_from_f32_slice(chunk);
+            b.convert_to_f32_slice(chunk);
+        }
     }
 }
 
@@ -186,7 +201,7 @@ fn parallelism(macs: usize) -> gemm::Parallelism {
 
 /// Every value rounded to `H` in place, rows of `width` in parallel.
 fn round_in_place<H: Half>(values: &mut [f32], width: usize) {
-    for_rows(values, width, |_, row| row.iter_mut().for_each(|v| *v = H::round(*v)));
+    for_rows(values, width, |_, row| H::round_slice(row));
 }
 
 /// `round(round(x) w)` for `x: [m, k]` contiguous row-major, as a fresh row-major `[m, n]`.
@@ -261,9 +276,8 @@ pub(crate) fn backward<H: Half>(g: &[f32], m: usize, w: &WeightView<'_, H>) -> V
         let cols = width.min(n - j0);
         let (prs, pcs) = w.widen_columns(j0, cols, &mut panel);
         for_rows(&mut g_panel[..m * cols], cols, |r, row| {
-            for (o, &v) in row.iter_mut().zip(&g[r * n + j0..][..cols]) {
-                *o = H::round(v);
-            }
+            row.copy_from_slice(&g[r * n + j0..][..cols]);
+            H::round_slice(row);
         });
         let accumulate = i > 0;
         // SAFETY: `gx` is m x k row-major; `g_panel` holds m x cols row-major; the panel read as
@@ -608,6 +622,21 @@ mod tests {
             let ours = <bf16 as Half>::round(v);
             let theirs = bf16::from_f32(v).to_f32();
             assert_eq!(ours.to_bits(), theirs.to_bits(), "{b:#010x}: {ours} vs {theirs}");
+        }
+    }
+
+    /// f16's slice rounding is its per-value one (`f16::from_f32`), across the buffer's chunks.
+    #[test]
+    fn f16_slice_rounding_is_per_value_rounding() {
+        let values: Vec<f32> = (0..1000)
+            .map(|i| (i as f32 - 500.0) * 0.37 + 1e-4 * (i as f32).sin())
+            .chain([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 70000.0, 1e-8, -0.0])
+            .collect();
+        let mut rounded = values.clone();
+        <f16 as Half>::round_slice(&mut rounded);
+        for (v, r) in values.iter().zip(&rounded) {
+            let want = f16::from_f32(*v).to_f32();
+            assert!(r.to_bits() == want.to_bits() || (r.is_nan() && want.is_nan()), "{v}: {r} vs {want}");
         }
     }
 
