@@ -86,15 +86,8 @@ impl Half for bf16 {
         f32::from_bits(if v.is_nan() { quiet_nan } else { rounded })
     }
     fn widen_slice(src: &[Self], dst: &mut [f32]) {
-        // A bf16 is the top half of an f32: the shift vectorises (compiled for the CPU's vectors).
-        crate::isa::vectorized(
-            #[inline(always)]
-            || {
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d = f32::from_bits(u32::from(s.to_bits()) << 16);
-                }
-            },
-        );
+        // A bf16 is the top half of an f32: a shift.
+        map_vectorized(src, dst, |s: bf16| f32::from_bits(u32::from(s.to_bits()) << 16));
     }
     fn round_slice(values: &mut [f32]) {
         crate::isa::vectorized(
@@ -102,6 +95,20 @@ impl Half for bf16 {
             || values.iter_mut().for_each(|v| *v = Self::round(*v)),
         );
     }
+}
+
+/// `dst[i] = f(src[i])` (same lengths), compiled for the CPU's vectors: the widening passes are
+/// branch-free so that this vectorises.
+#[inline(always)]
+fn map_vectorized<S: Copy>(src: &[S], dst: &mut [f32], f: impl Fn(S) -> f32) {
+    crate::isa::vectorized(
+        #[inline(always)]
+        || {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = f(s);
+            }
+        },
+    );
 }
 
 /// An f16's value in f32 from its bits, exactly as `f16::to_f32` (a NaN keeps its payload and
@@ -139,14 +146,7 @@ impl Half for f16 {
         f16::from_f32(v).to_f32()
     }
     fn widen_slice(src: &[Self], dst: &mut [f32]) {
-        crate::isa::vectorized(
-            #[inline(always)]
-            || {
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d = f16_bits_to_f32(s.to_bits());
-                }
-            },
-        );
+        map_vectorized(src, dst, |s: f16| f16_bits_to_f32(s.to_bits()));
     }
     fn round_slice(values: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
