@@ -40,6 +40,68 @@ pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
     if t.is_contiguous() { t.clone() } else { t.to_contiguous() }
 }
 
+/// A gemm operand: the address of element `(0, 0)` and the row and column strides, in elements.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided {
+    pub(crate) ptr: *const f32,
+    pub(crate) rs: isize,
+    pub(crate) cs: isize,
+}
+
+/// Below this many multiply-adds one thread does a product (burn-flex's own threshold).
+pub(crate) const PARALLEL_MACS: usize = 192 * 192 * 192;
+
+/// `dst (+)= a b` for `a: [m, k]`, `b: [k, n]` and `dst` row-major with row stride `dst_rs`:
+/// overwritten unless `accumulate`; on rayon's pool above [`PARALLEL_MACS`] when `pool` (a
+/// caller that splits the work over threads itself passes `false`). The one place the crate
+/// spells out gemm's nineteen arguments.
+///
+/// # Safety
+/// `a` and `b` must address every element of their shapes; `dst` must be valid for writes (and
+/// reads when accumulating) of `m` rows of `n` at stride `dst_rs`, and alias neither operand.
+pub(crate) unsafe fn gemm(
+    dst: *mut f32,
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    a: Strided,
+    b: Strided,
+    accumulate: bool,
+    pool: bool,
+) {
+    if m * n == 0 {
+        return;
+    }
+    let parallelism = if pool && m * n * k >= PARALLEL_MACS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the caller's promise.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// `(row stride, column stride, offset)` of a 2-D flex tensor.
 pub(crate) fn strides(t: &FlexTensor) -> (isize, isize, usize) {
     let layout = t.layout();

@@ -33,7 +33,9 @@ use burn::tensor::{DType, Tensor, TensorData};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::flex::{by_strategy, contiguous, from_plain, from_tracked, plain, strides, tracked};
+use crate::flex::{
+    Strided, by_strategy, contiguous, from_plain, from_tracked, gemm, plain, strides, tracked,
+};
 
 /// The most `f32` values a widened panel of the weight holds in the forward pass: 16 MiB, so
 /// that the transient memory of a product does not grow with the weight, while the panels stay
@@ -54,9 +56,6 @@ const TASK_VALUES: usize = 1 << 16;
 
 /// Panels are a multiple of this many columns wide (one AVX-512 register of `f32`).
 const PANEL_ALIGN: usize = 16;
-
-/// Below this many multiply-adds one thread does a panel's product (burn-flex's threshold).
-const PARALLEL_MACS: usize = 192 * 192 * 192;
 
 /// The two half-precision storage types.
 pub(crate) trait Half: Copy + Send + Sync {
@@ -163,13 +162,13 @@ impl Half for f16 {
 
 /// A `[k, n]` weight read through its layout: `w[p, j]` at `data[off + p rs + j cs]`.
 #[derive(Clone, Copy)]
-pub(crate) struct WeightView<'a, H> {
-    pub(crate) data: &'a [H],
-    pub(crate) k: usize,
-    pub(crate) n: usize,
-    pub(crate) rs: usize,
-    pub(crate) cs: usize,
-    pub(crate) off: usize,
+struct WeightView<'a, H> {
+    data: &'a [H],
+    k: usize,
+    n: usize,
+    rs: usize,
+    cs: usize,
+    off: usize,
 }
 
 impl<'a, H: Half> WeightView<'a, H> {
@@ -180,19 +179,6 @@ impl<'a, H: Half> WeightView<'a, H> {
             .checked_add((k.checked_sub(1)?).checked_mul(rs)?)?
             .checked_add((n.checked_sub(1)?).checked_mul(cs)?)?;
         (last < data.len()).then_some(Self { data, k, n, rs, cs, off })
-    }
-
-    /// The layout the streaming kernels read (from the view's offset), where one direction is
-    /// contiguous.
-    fn stream_layout(&self) -> Option<crate::stream::Layout> {
-        use crate::stream::Layout;
-        if self.cs == 1 && (self.rs >= self.n || self.k == 1) {
-            Some(Layout::RowMajor { ld: self.rs.max(self.n) })
-        } else if self.rs == 1 && (self.cs >= self.k || self.n == 1) {
-            Some(Layout::ColMajor { ld: self.cs.max(self.k) })
-        } else {
-            None
-        }
     }
 
     /// Columns `j0 .. j0 + cols` widened into `panel` (`k cols` values); returns the panel's
@@ -238,17 +224,13 @@ fn panel_width(budget: usize, depth: usize, n: usize) -> usize {
     fit.max(PANEL_ALIGN).min(n.max(1))
 }
 
-fn parallelism(macs: usize) -> gemm::Parallelism {
-    if macs >= PARALLEL_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None }
-}
-
 /// Every value rounded to `H` in place, rows of `width` in parallel.
 fn round_in_place<H: Half>(values: &mut [f32], width: usize) {
     for_rows(values, width, |_, row| H::round_slice(row));
 }
 
 /// `round(round(x) w)` for `x: [m, k]` contiguous row-major, as a fresh row-major `[m, n]`.
-pub(crate) fn forward<H: Half>(x: &[f32], m: usize, w: &WeightView<'_, H>) -> Vec<f32> {
+fn forward<H: Half>(x: &[f32], m: usize, w: &WeightView<'_, H>) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
     let mut xr = x[..m * k].to_vec();
     round_in_place::<H>(&mut xr, k);
@@ -256,7 +238,7 @@ pub(crate) fn forward<H: Half>(x: &[f32], m: usize, w: &WeightView<'_, H>) -> Ve
     // A few rows (a decoding step): the streaming kernels, which read the weight once at two
     // bytes a value, widening it in cache.
     if m <= crate::product::FEW_ROWS
-        && let Some(layout) = w.stream_layout()
+        && let Some(layout) = crate::stream::Layout::of((k, n), w.rs as isize, w.cs as isize)
         && crate::stream::few_rows_half(
             (m, k, n),
             &xr,
@@ -278,27 +260,9 @@ pub(crate) fn forward<H: Half>(x: &[f32], m: usize, w: &WeightView<'_, H>) -> Ve
         // is m x k row-major and `panel` holds the k x cols panel with the strides just returned;
         // the three buffers are distinct allocations.
         unsafe {
-            gemm::gemm(
-                m,
-                cols,
-                k,
-                out.as_mut_ptr().add(j0),
-                1,
-                n as isize,
-                false,
-                xr.as_ptr(),
-                1,
-                k as isize,
-                panel.as_ptr(),
-                pcs as isize,
-                prs as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                parallelism(m * cols * k),
-            );
+            let a = Strided { ptr: xr.as_ptr(), rs: k as isize, cs: 1 };
+            let b = Strided { ptr: panel.as_ptr(), rs: prs as isize, cs: pcs as isize };
+            gemm(out.as_mut_ptr().add(j0), n, (m, cols, k), a, b, false, true);
         }
     }
     round_in_place::<H>(&mut out, n);
@@ -309,7 +273,7 @@ pub(crate) fn forward<H: Half>(x: &[f32], m: usize, w: &WeightView<'_, H>) -> Ve
 /// (the input's gradient): the reduction over `n` runs a panel of columns at a time, each
 /// panel's rounded gradient columns copied out beside it and the partial products accumulated
 /// in `f32`.
-pub(crate) fn backward<H: Half>(g: &[f32], m: usize, w: &WeightView<'_, H>) -> Vec<f32> {
+fn backward<H: Half>(g: &[f32], m: usize, w: &WeightView<'_, H>) -> Vec<f32> {
     let (k, n) = (w.k, w.n);
     let mut gx = vec![0.0f32; m * k];
     let width = panel_width(BACKWARD_PANEL_VALUES, k.max(m), n);
@@ -322,32 +286,13 @@ pub(crate) fn backward<H: Half>(g: &[f32], m: usize, w: &WeightView<'_, H>) -> V
             row.copy_from_slice(&g[r * n + j0..][..cols]);
             H::round_slice(row);
         });
-        let accumulate = i > 0;
         // SAFETY: `gx` is m x k row-major; `g_panel` holds m x cols row-major; the panel read as
         // its transpose (`cols x k`: row stride `pcs`, column stride `prs`) holds w[:, j0 .. j0 +
         // cols]; the three buffers are distinct allocations.
         unsafe {
-            gemm::gemm(
-                m,
-                k,
-                cols,
-                gx.as_mut_ptr(),
-                1,
-                k as isize,
-                accumulate,
-                g_panel.as_ptr(),
-                1,
-                cols as isize,
-                panel.as_ptr(),
-                prs as isize,
-                pcs as isize,
-                if accumulate { 1.0 } else { 0.0 },
-                1.0f32,
-                false,
-                false,
-                false,
-                parallelism(m * cols * k),
-            );
+            let a = Strided { ptr: g_panel.as_ptr(), rs: cols as isize, cs: 1 };
+            let b = Strided { ptr: panel.as_ptr(), rs: pcs as isize, cs: prs as isize };
+            gemm(gx.as_mut_ptr(), k, (m, k, cols), a, b, i > 0, true);
         }
     }
     round_in_place::<H>(&mut gx, k);
@@ -368,40 +313,36 @@ fn frozen_half(t: &DispatchTensor) -> Option<&FlexTensor> {
     matches!(flex.dtype(), DType::BF16 | DType::F16).then_some(flex)
 }
 
-/// `f(view)` for a [`frozen_half`] weight `[k, n]` in either half type, `None` where its layout
-/// does not fit [`WeightView`].
-fn with_view<R>(w: &FlexTensor, (k, n): (usize, usize), f: impl HalfFn<R>) -> Option<R> {
-    let (rs, cs, off) = strides(w);
-    let st = (rs, cs);
-    match w.dtype() {
-        DType::BF16 => WeightView::new(w.storage::<bf16>(), (k, n), st, off).map(|v| f.call(&v)),
-        DType::F16 => WeightView::new(w.storage::<f16>(), (k, n), st, off).map(|v| f.call(&v)),
-        _ => None,
+/// A [`frozen_half`] weight as a [`WeightView`] of its half type.
+enum HalfView<'a> {
+    Bf16(WeightView<'a, bf16>),
+    F16(WeightView<'a, f16>),
+}
+
+impl<'a> HalfView<'a> {
+    /// The view of `w: [k, n]`, `None` where its dtype is not a half type or its layout does not
+    /// fit [`WeightView`].
+    fn of(w: &'a FlexTensor, (k, n): (usize, usize)) -> Option<Self> {
+        let (rs, cs, off) = strides(w);
+        match w.dtype() {
+            DType::BF16 => WeightView::new(w.storage::<bf16>(), (k, n), (rs, cs), off).map(HalfView::Bf16),
+            DType::F16 => WeightView::new(w.storage::<f16>(), (k, n), (rs, cs), off).map(HalfView::F16),
+            _ => None,
+        }
     }
-}
 
-/// A computation generic over the half type (closures cannot be).
-trait HalfFn<R> {
-    fn call<H: Half>(self, w: &WeightView<'_, H>) -> R;
-}
-
-struct Forward<'a> {
-    x: &'a [f32],
-    m: usize,
-}
-impl HalfFn<Vec<f32>> for Forward<'_> {
-    fn call<H: Half>(self, w: &WeightView<'_, H>) -> Vec<f32> {
-        forward(self.x, self.m, w)
+    fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
+        match self {
+            HalfView::Bf16(w) => forward(x, m, w),
+            HalfView::F16(w) => forward(x, m, w),
+        }
     }
-}
 
-struct BackwardPass<'a> {
-    g: &'a [f32],
-    m: usize,
-}
-impl HalfFn<Vec<f32>> for BackwardPass<'_> {
-    fn call<H: Half>(self, w: &WeightView<'_, H>) -> Vec<f32> {
-        backward(self.g, self.m, w)
+    fn backward(&self, g: &[f32], m: usize) -> Vec<f32> {
+        match self {
+            HalfView::Bf16(w) => backward(g, m, w),
+            HalfView::F16(w) => backward(g, m, w),
+        }
     }
 }
 
@@ -427,7 +368,7 @@ pub(crate) fn matmul(x: Tensor<2>, w: Tensor<2>) -> Result<Tensor<2>, (Tensor<2>
         return Err((Tensor::from_dispatch(x_dispatch), w));
     };
     let xc = contiguous(fx);
-    let Some(out) = xc.as_slice::<f32>().and_then(|xs| with_view(fw, (k, n), Forward { x: xs, m })) else {
+    let Some(out) = xc.as_slice::<f32>().and_then(|xs| Some(HalfView::of(fw, (k, n))?.forward(xs, m))) else {
         return Err((Tensor::from_dispatch(x_dispatch), w));
     };
     let out = FlexTensor::from_data(TensorData::new(out, [m, n]));
@@ -472,7 +413,7 @@ impl Backward<Flex, 1> for HalfProduct {
             };
             let gx = g
                 .as_slice::<f32>()
-                .and_then(|gs| with_view(&w, (k, n), BackwardPass { g: gs, m }))
+                .and_then(|gs| Some(HalfView::of(&w, (k, n))?.backward(gs, m)))
                 .expect("the weight's layout was accepted in the forward pass");
             FlexTensor::from_data(TensorData::new(gx, [m, k]))
         });

@@ -146,10 +146,7 @@ mod flex {
     use burn::backend::flex::FlexTensor;
     use burn::tensor::{Device, Tensor, TensorData};
 
-    use crate::flex::{from_plain as from_flex, into_plain as into_flex, strides};
-
-    /// Below this many multiply-adds one thread does the product (burn-flex's own threshold).
-    const PARALLEL_MACS: usize = 192 * 192 * 192;
+    use crate::flex::{Strided, from_plain as from_flex, gemm, into_plain as into_flex, strides};
 
     /// The flex tensors inside two read-only operands, converted from clones (a reference-count
     /// increment each) so that the originals can go back untouched when a fast path does not
@@ -199,15 +196,7 @@ mod flex {
         // The streaming kernels first (each thread reads one contiguous part of the weight),
         // given unit strides along one of the weight's dimensions; gemm's per-block
         // matrix-vector products otherwise.
-        let layout = match (usize::try_from(w_rs), usize::try_from(w_cs)) {
-            (Ok(ld), Ok(1)) => {
-                Some(crate::stream::Layout::RowMajor { ld: ld.max(n) }).filter(|_| k == 1 || ld >= n)
-            }
-            (Ok(1), Ok(ld)) => {
-                Some(crate::stream::Layout::ColMajor { ld: ld.max(k) }).filter(|_| n == 1 || ld >= k)
-            }
-            _ => None,
-        };
+        let layout = crate::stream::Layout::of((k, n), w_rs, w_cs);
         // x is at most FEW_ROWS rows: a contiguous copy costs nothing next to the weights.
         let x_contiguous = || -> Option<Vec<f32>> {
             (0..m * k)
@@ -237,34 +226,21 @@ mod flex {
             // writes exactly its columns c0 .. c0 + cols, disjoint from every other block's; `out`
             // outlives the parallel loop and aliases neither input.
             unsafe {
-                gemm::gemm(
-                    m,
-                    cols,
-                    k,
-                    (op as *mut f32).add(c0),
-                    1,
-                    n as isize,
-                    false,
-                    (xp as *const f32).add(x_off),
-                    x_cs,
-                    x_rs,
-                    (wp as *const f32).add(w_off).offset(c0 as isize * w_cs),
-                    w_cs,
-                    w_rs,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+                let a = Strided { ptr: (xp as *const f32).add(x_off), rs: x_rs, cs: x_cs };
+                let b = Strided {
+                    ptr: (wp as *const f32).add(w_off).offset(c0 as isize * w_cs),
+                    rs: w_rs,
+                    cs: w_cs,
+                };
+                gemm((op as *mut f32).add(c0), n, (m, cols, k), a, b, false, false);
             }
         });
         Ok(Tensor::from_data(TensorData::new(out, [m, n]), &device))
     }
 
     /// `dst (+)= a b` for `a: [m, k]`, `b: [k, n]` read through their flex layouts, `dst` row-major
-    /// with row stride `n`; overwritten unless `accumulate`. Threads above [`PARALLEL_MACS`].
+    /// with row stride `n`; overwritten unless `accumulate`. Threads above
+    /// [`crate::flex::PARALLEL_MACS`].
     ///
     /// # Safety
     /// `dst` must be valid for writes (and reads when accumulating) of `m n` elements and alias
@@ -281,33 +257,13 @@ mod flex {
         }
         let ((a_rs, a_cs, a_off), (b_rs, b_cs, b_off)) = (strides(a), strides(b));
         let (a_data, b_data): (&[f32], &[f32]) = (a.storage(), b.storage());
-        let parallelism =
-            if m * n * k >= PARALLEL_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
         // SAFETY: each operand pointer starts at its tensor's offset inside its storage, and the
         // flex layouts keep every (row, column) of the given shapes inside that storage; `dst` is
         // the caller's promise.
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst,
-                1,
-                n as isize,
-                accumulate,
-                a_data.as_ptr().add(a_off),
-                a_cs,
-                a_rs,
-                b_data.as_ptr().add(b_off),
-                b_cs,
-                b_rs,
-                if accumulate { 1.0 } else { 0.0 },
-                1.0f32,
-                false,
-                false,
-                false,
-                parallelism,
-            );
+            let a = Strided { ptr: a_data.as_ptr().add(a_off), rs: a_rs, cs: a_cs };
+            let b = Strided { ptr: b_data.as_ptr().add(b_off), rs: b_rs, cs: b_cs };
+            gemm(dst, n, (m, n, k), a, b, accumulate, true);
         }
     }
 

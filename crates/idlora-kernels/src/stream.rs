@@ -30,6 +30,18 @@ pub(crate) enum Layout {
     ColMajor { ld: usize },
 }
 
+impl Layout {
+    /// The layout of a `[k, n]` weight with row stride `rs` and column stride `cs`, where one
+    /// direction is contiguous and the rows (or columns) do not overlap; `None` otherwise.
+    pub(crate) fn of((k, n): (usize, usize), rs: isize, cs: isize) -> Option<Layout> {
+        match (usize::try_from(rs), usize::try_from(cs)) {
+            (Ok(ld), Ok(1)) if k == 1 || ld >= n => Some(Layout::RowMajor { ld: ld.max(n) }),
+            (Ok(1), Ok(ld)) if n == 1 || ld >= k => Some(Layout::ColMajor { ld: ld.max(k) }),
+            _ => None,
+        }
+    }
+}
+
 use crate::half_weight::Half;
 use crate::isa::{Isa, detect};
 
